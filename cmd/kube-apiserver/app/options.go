@@ -1,0 +1,38 @@
+package app
+
+import (
+	"github.com/spf13/pflag"
+
+	"github.com/bulwark-k8s/bulwark/pkg/embeddedetcd"
+)
+
+// flagSectionName names the --help section that lists Bulwark's own flags,
+// apart from upstream's.
+const flagSectionName = "bulwark"
+
+// Options are Bulwark's own flags.
+type Options struct {
+	EmbeddedEtcd embeddedetcd.Config
+}
+
+// NewOptions returns the defaults.
+func NewOptions() *Options {
+	return &Options{
+		EmbeddedEtcd: embeddedetcd.Config{DataDir: "bulwark.etcd"}.WithDefaults(),
+	}
+}
+
+// AddFlags registers the flags on fs.
+func (o *Options) AddFlags(fs *pflag.FlagSet) {
+	e := &o.EmbeddedEtcd
+	fs.StringVar(&e.DataDir, "embedded-etcd-data-dir", e.DataDir,
+		"Data directory of the etcd started in-process when --etcd-servers is not set. Data survives restarts.")
+	fs.StringVar(&e.ListenClientURL, "embedded-etcd-listen-client-url", e.ListenClientURL,
+		"Loopback URL on which the embedded etcd serves the apiserver (and etcdctl).")
+	fs.StringVar(&e.ListenPeerURL, "embedded-etcd-listen-peer-url", e.ListenPeerURL,
+		"Loopback peer URL of the embedded etcd; etcd needs one even as a single member.")
+	fs.Int64Var(&e.QuotaBackendBytes, "embedded-etcd-quota-backend-bytes", e.QuotaBackendBytes,
+		"Database size at which the embedded etcd raises its NOSPACE alarm. The default suits about a million objects.")
+	fs.DurationVar(&e.StartTimeout, "embedded-etcd-start-timeout", e.StartTimeout,
+		"How long to wait for the embedded etcd to serve before giving up.")
+}

@@ -1,0 +1,37 @@
+package framework
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// Binaries are the executables the tests run.
+type Binaries struct {
+	// APIServer is Bulwark's kube-apiserver.
+	APIServer string
+	// Upstream is unmodified upstream kube-apiserver from the same module graph.
+	Upstream string
+	// Etcd is etcd built from the same module graph.
+	Etcd string
+}
+
+// Bins returns the binaries in BULWARK_BIN_DIR and fails the test if any is missing.
+func Bins(t testing.TB) Binaries {
+	t.Helper()
+	dir := os.Getenv("BULWARK_BIN_DIR")
+	if dir == "" {
+		t.Fatal("BULWARK_BIN_DIR is not set: run integration tests with `make test-integration`")
+	}
+	b := Binaries{
+		APIServer: filepath.Join(dir, "kube-apiserver"),
+		Upstream:  filepath.Join(dir, "kube-apiserver-upstream"),
+		Etcd:      filepath.Join(dir, "etcd"),
+	}
+	for _, p := range []string{b.APIServer, b.Upstream, b.Etcd} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("missing binary (build with `make binaries`): %v", err)
+		}
+	}
+	return b
+}
