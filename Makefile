@@ -70,3 +70,7 @@ clean:
 .PHONY: help
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+.PHONY: kubectl
+kubectl: ## Build kubectl from the same module graph (optional; any kubectl works).
+	$(GO_BUILD) -ldflags "$(call version_ldflags,$(KUBE_VERSION))" -o $(BIN)/kubectl k8s.io/kubernetes/cmd/kubectl

@@ -14,7 +14,7 @@ mkdir -p "$out"
 go run ./hack/local-pki -dir "$pki" -kubeconfig "$out/admin.kubeconfig" -server "https://127.0.0.1:$port"
 
 cat <<MSG
-Bulwark kube-apiserver starting on https://127.0.0.1:$port (data in $out/etcd).
+Bulwark kube-apiserver starting on https://127.0.0.1:$port (embedded etcd data, unless --etcd-servers is given: $out/etcd).
 In another shell:
   kubectl --kubeconfig $out/admin.kubeconfig get ns
 MSG
@@ -23,6 +23,7 @@ exec "$bin" \
   --embedded-etcd-data-dir="$out/etcd" \
   --bind-address=127.0.0.1 \
   --advertise-address=127.0.0.1 \
+  --endpoint-reconciler-type=none \
   --secure-port="$port" \
   --allow-privileged=true \
   --authorization-mode=Node,RBAC \

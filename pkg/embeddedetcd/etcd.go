@@ -112,9 +112,31 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 		return nil, err
 	}
 	c = c.WithDefaults()
+	e, err := embed.StartEtcd(c.embedConfig())
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	timer := time.NewTimer(c.StartTimeout)
+	defer timer.Stop()
+	select {
+	case <-e.Server.ReadyNotify():
+		return &Server{etcd: e, clientURL: c.ListenClientURL}, nil
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-ctx.Done():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", ctx.Err())
+	case <-timer.C:
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: not ready after %s", c.StartTimeout)
+	}
+}
+
+// embedConfig translates a validated, defaulted Config into etcd's own.
+func (c Config) embedConfig() *embed.Config {
 	client, _ := loopbackURL(c.ListenClientURL)
 	peer, _ := loopbackURL(c.ListenPeerURL)
-
 	cfg := embed.NewConfig()
 	cfg.Name = "bulwark"
 	cfg.Dir = c.DataDir
@@ -128,26 +150,7 @@ func Start(ctx context.Context, c Config) (*Server, error) {
 	// The apiserver logs what matters to its users; etcd's info-level
 	// chatter would drown it.
 	cfg.LogLevel = "warn"
-
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("embedded etcd: %w", err)
-	}
-	timer := time.NewTimer(c.StartTimeout)
-	defer timer.Stop()
-	select {
-	case <-e.Server.ReadyNotify():
-		return &Server{etcd: e, clientURL: client.String()}, nil
-	case err := <-e.Err():
-		e.Close()
-		return nil, fmt.Errorf("embedded etcd: %w", err)
-	case <-ctx.Done():
-		e.Close()
-		return nil, fmt.Errorf("embedded etcd: %w", ctx.Err())
-	case <-timer.C:
-		e.Close()
-		return nil, fmt.Errorf("embedded etcd: not ready after %s", c.StartTimeout)
-	}
+	return cfg
 }
 
 // ClientURL is the URL the apiserver uses as its --etcd-servers.

@@ -37,8 +37,11 @@ func TestKubeadmFlags(t *testing.T) {
 		CertFile:  bundle.EtcdClient.Cert,
 		KeyFile:   bundle.EtcdClient.Key,
 	}
-	// Tests listen on loopback only; kubeadm's extraArgs is how an operator adds flags.
-	cfg.APIServer.ExtraArgs = append(cfg.APIServer.ExtraArgs, kubeadmapi.Arg{Name: "bind-address", Value: "127.0.0.1"})
+	// Tests listen on loopback only, where the kubernetes service cannot
+	// have endpoints; kubeadm's extraArgs is how an operator adds flags.
+	cfg.APIServer.ExtraArgs = append(cfg.APIServer.ExtraArgs,
+		kubeadmapi.Arg{Name: "bind-address", Value: "127.0.0.1"},
+		kubeadmapi.Arg{Name: "endpoint-reconciler-type", Value: "none"})
 	port := framework.FreePort(t)
 	endpoint := &kubeadmapi.APIEndpoint{AdvertiseAddress: "127.0.0.1", BindPort: int32(port)}
 

@@ -50,6 +50,9 @@ func DefaultArgs(b *pki.Bundle, port int, etcd *Etcd) []string {
 	args := []string{
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
+		// The lease reconciler refuses a loopback advertise address: it
+		// would publish 127.0.0.1 as the kubernetes service's endpoint.
+		"--endpoint-reconciler-type=none",
 		"--secure-port=" + itoa(port),
 		"--authorization-mode=Node,RBAC",
 		"--client-ca-file=" + b.CA.Cert,
