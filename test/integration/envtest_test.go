@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
+	"github.com/bulwark-k8s/bulwark/internal/localcluster"
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
 
@@ -26,7 +27,7 @@ func TestEnvtest(t *testing.T) {
 	env := &envtest.Environment{
 		CRDs:                     []*apiextensionsv1.CustomResourceDefinition{widgetCRD(gvk)},
 		ErrorIfCRDPathMissing:    false,
-		ControlPlaneStartTimeout: framework.ReadyTimeout,
+		ControlPlaneStartTimeout: localcluster.ReadyTimeout,
 	}
 	cfg, err := env.Start()
 	if err != nil {

@@ -1,6 +1,6 @@
-// Package framework starts the real parts an integration test needs: an etcd
-// process, Bulwark's kube-apiserver binary (or the upstream baseline) on free
-// loopback ports, and a client-go client for it. Every process and temporary
+// Package framework starts the real parts an integration test needs, through
+// internal/localcluster: an etcd process, Bulwark's kube-apiserver binary (or
+// the upstream baseline) on free loopback ports, and a client-go client for it. Every process and temporary
 // directory is removed when the test ends, also when it fails; a failed test
 // prints the tail of each process's log.
 //

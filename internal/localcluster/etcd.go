@@ -1,12 +1,12 @@
-package framework
+package localcluster
 
 import (
 	"context"
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
-	"testing"
 	"time"
 
 	"k8s.io/client-go/transport"
@@ -14,11 +14,17 @@ import (
 	"github.com/bulwark-k8s/bulwark/internal/pki"
 )
 
-// EtcdOptions configure StartEtcd.
-type EtcdOptions struct {
+// EtcdConfig configure StartEtcd.
+type EtcdConfig struct {
+	// Binary is the etcd executable.
+	Binary string
+	// Dir holds the data directory and the log.
+	Dir string
 	// TLS, when set, makes etcd serve clients over TLS with client-certificate
 	// auth, with the bundle's etcd certificates, as a kubeadm cluster does.
 	TLS *pki.Bundle
+	// ExtraArgs are appended to the command line.
+	ExtraArgs []string
 }
 
 // Etcd is a running etcd process.
@@ -30,52 +36,58 @@ type Etcd struct {
 
 // StartEtcd starts a single-member etcd on free loopback ports and waits
 // until it is healthy.
-func StartEtcd(t testing.TB, opts EtcdOptions) *Etcd {
-	t.Helper()
+func StartEtcd(c EtcdConfig) (*Etcd, error) {
+	clientPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	peerPort, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
 	scheme := "http"
-	if opts.TLS != nil {
+	if c.TLS != nil {
 		scheme = "https"
 	}
-	clientURL := fmt.Sprintf("%s://127.0.0.1:%d", scheme, FreePort(t))
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", FreePort(t))
-	dataDir := t.TempDir()
+	clientURL := fmt.Sprintf("%s://127.0.0.1:%d", scheme, clientPort)
+	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+	dataDir := filepath.Join(c.Dir, "etcd-data")
 	args := []string{
-		"--name=test",
+		"--name=local",
 		"--data-dir=" + dataDir,
 		"--listen-client-urls=" + clientURL,
 		"--advertise-client-urls=" + clientURL,
 		"--listen-peer-urls=" + peerURL,
 		"--initial-advertise-peer-urls=" + peerURL,
-		"--initial-cluster=test=" + peerURL,
+		"--initial-cluster=local=" + peerURL,
 		"--log-level=warn",
 	}
-	if opts.TLS != nil {
+	client := http.DefaultClient
+	if c.TLS != nil {
 		args = append(args,
 			"--client-cert-auth",
-			"--trusted-ca-file="+opts.TLS.EtcdCA.Cert,
-			"--cert-file="+opts.TLS.EtcdServer.Cert,
-			"--key-file="+opts.TLS.EtcdServer.Key,
+			"--trusted-ca-file="+c.TLS.EtcdCA.Cert,
+			"--cert-file="+c.TLS.EtcdServer.Cert,
+			"--key-file="+c.TLS.EtcdServer.Key,
 		)
-	}
-	e := &Etcd{
-		Process:   StartProcess(t, "etcd", Bins(t).Etcd, args...),
-		ClientURL: clientURL,
-		DataDir:   dataDir,
-	}
-	client := http.DefaultClient
-	if opts.TLS != nil {
 		rt, err := transport.New(&transport.Config{TLS: transport.TLSConfig{
-			CAFile: opts.TLS.EtcdCA.Cert, CertFile: opts.TLS.EtcdClient.Cert, KeyFile: opts.TLS.EtcdClient.Key,
+			CAFile: c.TLS.EtcdCA.Cert, CertFile: c.TLS.EtcdClient.Cert, KeyFile: c.TLS.EtcdClient.Key,
 		}})
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		client = &http.Client{Transport: rt}
 	}
-	if err := waitFor(e.Process, time.Minute, func() error { return etcdHealthy(client, clientURL) }); err != nil {
-		t.Fatal(err)
+	p, err := StartProcess("etcd", filepath.Join(c.Dir, "etcd.log"), c.Binary, append(args, c.ExtraArgs...)...)
+	if err != nil {
+		return nil, err
 	}
-	return e
+	e := &Etcd{Process: p, ClientURL: clientURL, DataDir: dataDir}
+	if err := waitFor(p, time.Minute, func() error { return etcdHealthy(client, clientURL) }); err != nil {
+		p.Kill()
+		return nil, err
+	}
+	return e, nil
 }
 
 func etcdHealthy(client *http.Client, clientURL string) error {

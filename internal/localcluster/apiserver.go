@@ -1,9 +1,9 @@
-package framework
+package localcluster
 
 import (
 	"context"
 	"fmt"
-	"testing"
+	"path/filepath"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -13,20 +13,24 @@ import (
 )
 
 // ReadyTimeout bounds an apiserver's start: a cold start on a loaded 2-core
-// machine (RBAC bootstrap, CRD and APF controllers) takes tens of seconds.
+// machine (RBAC bootstrap, CRD and APF controllers, watch caches of a large
+// data set) takes tens of seconds.
 const ReadyTimeout = 3 * time.Minute
 
-// APIServerOptions configure StartAPIServer.
-type APIServerOptions struct {
-	// Binary defaults to Bulwark's kube-apiserver.
+// APIServerConfig configure StartAPIServer.
+type APIServerConfig struct {
+	// Binary is the kube-apiserver executable.
 	Binary string
-	// Etcd is the etcd to use; nil starts the apiserver without
-	// --etcd-servers (Bulwark's embedded etcd).
-	Etcd *Etcd
-	// PKI defaults to a new bundle in a temporary directory.
+	// Name names the process and its log file in Dir.
+	Name string
+	Dir  string
+	// PKI is the certificate bundle of the server and its admin client.
 	PKI *pki.Bundle
 	// Port is the secure port; it defaults to a free one.
 	Port int
+	// Etcd is the etcd to use; nil starts the apiserver without
+	// --etcd-servers (Bulwark's embedded etcd).
+	Etcd *Etcd
 	// Args are appended to DefaultArgs, or replace them when Replace is set
 	// (the caller then passes --secure-port=Port itself).
 	Args    []string
@@ -41,8 +45,8 @@ type APIServer struct {
 	Config *rest.Config
 	Client kubernetes.Interface
 
-	bin  string
-	args []string
+	bin, logPath string
+	args         []string
 }
 
 // DefaultArgs is a secure, minimal flag set for an apiserver on port.
@@ -53,7 +57,7 @@ func DefaultArgs(b *pki.Bundle, port int, etcd *Etcd) []string {
 		// The lease reconciler refuses a loopback advertise address: it
 		// would publish 127.0.0.1 as the kubernetes service's endpoint.
 		"--endpoint-reconciler-type=none",
-		"--secure-port=" + itoa(port),
+		fmt.Sprintf("--secure-port=%d", port),
 		"--authorization-mode=Node,RBAC",
 		"--client-ca-file=" + b.CA.Cert,
 		"--tls-cert-file=" + b.Serving.Cert,
@@ -70,50 +74,53 @@ func DefaultArgs(b *pki.Bundle, port int, etcd *Etcd) []string {
 }
 
 // StartAPIServer starts an apiserver and waits until /readyz is ok.
-func StartAPIServer(t testing.TB, opts APIServerOptions) *APIServer {
-	t.Helper()
-	bin := opts.Binary
-	if bin == "" {
-		bin = Bins(t).APIServer
-	}
-	bundle := opts.PKI
-	if bundle == nil {
+func StartAPIServer(c APIServerConfig) (*APIServer, error) {
+	port := c.Port
+	if port == 0 {
 		var err error
-		if bundle, err = pki.Ensure(t.TempDir(), nil); err != nil {
-			t.Fatal(err)
+		if port, err = FreePort(); err != nil {
+			return nil, err
 		}
 	}
-	port := opts.Port
-	if port == 0 {
-		port = FreePort(t)
+	args := c.Args
+	if !c.Replace {
+		args = append(DefaultArgs(c.PKI, port, c.Etcd), c.Args...)
 	}
-	args := opts.Args
-	if !opts.Replace {
-		args = append(DefaultArgs(bundle, port, opts.Etcd), opts.Args...)
+	name := c.Name
+	if name == "" {
+		name = "kube-apiserver"
 	}
-	s := &APIServer{URL: fmt.Sprintf("https://127.0.0.1:%d", port), PKI: bundle, bin: bin, args: args}
-	s.Config = bundle.AdminRESTConfig(s.URL)
-	s.Client = kubernetes.NewForConfigOrDie(s.Config)
-	s.start(t)
-	return s
+	s := &APIServer{
+		URL:     fmt.Sprintf("https://127.0.0.1:%d", port),
+		PKI:     c.PKI,
+		bin:     c.Binary,
+		logPath: filepath.Join(c.Dir, name+".log"),
+		args:    args,
+	}
+	s.Config = c.PKI.AdminRESTConfig(s.URL)
+	var err error
+	if s.Client, err = kubernetes.NewForConfig(s.Config); err != nil {
+		return nil, err
+	}
+	if err := s.Start(); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
-func (s *APIServer) start(t testing.TB) {
-	t.Helper()
-	s.Process = StartProcess(t, "kube-apiserver", s.bin, s.args...)
-	if err := waitFor(s.Process, ReadyTimeout, s.ready); err != nil {
-		t.Fatal(err)
+// Start starts the server process with its command line and waits for
+// /readyz; after Stop or Kill it starts the server again.
+func (s *APIServer) Start() error {
+	p, err := StartProcess(filepath.Base(s.bin), s.logPath, s.bin, s.args...)
+	if err != nil {
+		return err
 	}
-}
-
-// Restart stops the server gracefully and starts it again with the same
-// command line; it fails the test if the server did not exit cleanly.
-func (s *APIServer) Restart(t testing.TB) {
-	t.Helper()
-	if err := s.Stop(); err != nil {
-		t.Fatalf("graceful stop: %v", err)
+	s.Process = p
+	if err := waitFor(p, ReadyTimeout, s.ready); err != nil {
+		p.Kill()
+		return err
 	}
-	s.start(t)
+	return nil
 }
 
 func (s *APIServer) ready() error {

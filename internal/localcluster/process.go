@@ -1,4 +1,4 @@
-package framework
+package localcluster
 
 import (
 	"bytes"
@@ -7,15 +7,14 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strconv"
 	"syscall"
-	"testing"
 	"time"
 )
 
-// stopGrace is how long a process gets to exit after SIGTERM before SIGKILL.
-const stopGrace = 30 * time.Second
+// StopGrace is how long a process gets to exit after SIGTERM before SIGKILL.
+// An apiserver with open watches takes up to its ShutdownTimeout (its
+// --request-timeout, 60s by default) to drain them.
+const StopGrace = 90 * time.Second
 
 // Process is a child process whose output goes to a log file.
 type Process struct {
@@ -26,21 +25,20 @@ type Process struct {
 	err     error
 }
 
-// StartProcess starts bin with args; the process is stopped when the test ends.
-func StartProcess(t testing.TB, name, bin string, args ...string) *Process {
-	t.Helper()
-	logPath := filepath.Join(t.TempDir(), name+".log")
-	logFile, err := os.Create(logPath)
+// StartProcess starts bin with args, its output appended to logPath.
+func StartProcess(name, logPath, bin string, args ...string) (*Process, error) {
+	logFile, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	// A test binary killed by its timeout must not leave servers behind.
+	// A parent that dies (a test binary killed by its timeout, an
+	// interrupted benchmark) must not leave servers behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		t.Fatalf("start %s: %v", name, err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	p := &Process{Name: name, LogPath: logPath, cmd: cmd, exited: make(chan struct{})}
 	go func() {
@@ -48,20 +46,11 @@ func StartProcess(t testing.TB, name, bin string, args ...string) *Process {
 		logFile.Close()
 		close(p.exited)
 	}()
-	t.Cleanup(func() {
-		p.Stop()
-		if t.Failed() {
-			t.Logf("--- tail of %s log (%s) ---\n%s", name, logPath, p.LogTail(60))
-		}
-	})
-	return p
+	return p, nil
 }
 
 // Exited is closed when the process has exited.
 func (p *Process) Exited() <-chan struct{} { return p.exited }
-
-// ExitErr is the process's exit error; valid after Exited is closed.
-func (p *Process) ExitErr() error { return p.err }
 
 // Pid is the process id.
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
@@ -81,10 +70,9 @@ func (p *Process) Stop() error {
 	select {
 	case <-p.exited:
 		return p.err
-	case <-time.After(stopGrace):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-		return fmt.Errorf("%s did not exit within %s of SIGTERM and was killed", p.Name, stopGrace)
+	case <-time.After(StopGrace):
+		p.Kill()
+		return fmt.Errorf("%s did not exit within %s of SIGTERM and was killed", p.Name, StopGrace)
 	}
 }
 
@@ -108,14 +96,13 @@ func (p *Process) LogTail(n int) string {
 }
 
 // FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // waitFor polls ready until it returns nil, the process exits, or timeout passes.
@@ -134,5 +121,3 @@ func waitFor(p *Process, timeout time.Duration, ready func() error) error {
 	}
 	return fmt.Errorf("%s not ready after %s: %v", p.Name, timeout, err)
 }
-
-func itoa(i int) string { return strconv.Itoa(i) }

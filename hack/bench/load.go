@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// nodeLeasePeriod is how often a kubelet renews its node Lease.
+const nodeLeasePeriod = 10 * time.Second
+
+// flood is a misbehaving client: workers sending cluster-wide LIST pods
+// (consistent reads of every pod) back to back until ctx is done.
+type flood struct {
+	ok, rejected, failed atomic.Int64
+	done                 sync.WaitGroup
+}
+
+func startFlood(ctx context.Context, s *server, workers int) (*flood, error) {
+	f := &flood{}
+	client, err := httpClient(s.cfg, floodUserAgent)
+	if err != nil {
+		return nil, err
+	}
+	for range workers {
+		f.done.Add(1)
+		go func() {
+			defer f.done.Done()
+			for ctx.Err() == nil {
+				resp, err := get(ctx, client, s.url+"/api/v1/pods", protobufAccept, floodUserAgent)
+				if err != nil {
+					if ctx.Err() == nil {
+						f.failed.Add(1)
+						time.Sleep(100 * time.Millisecond)
+					}
+					continue
+				}
+				_, err = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				switch {
+				case err != nil:
+					f.failed.Add(1)
+				case resp.StatusCode == http.StatusTooManyRequests:
+					f.rejected.Add(1)
+					// A client-go client honours Retry-After; a buggy one
+					// may not, and this one does not either.
+				case resp.StatusCode/100 == 2:
+					f.ok.Add(1)
+				default:
+					f.failed.Add(1)
+				}
+			}
+		}()
+	}
+	return f, nil
+}
+
+func (f *flood) values(d time.Duration) []namedValue {
+	f.done.Wait()
+	return []namedValue{
+		{"flooder LISTs served", "req/s", float64(f.ok.Load()) / d.Seconds()},
+		{"flooder LISTs rejected (429)", "req/s", float64(f.rejected.Load()) / d.Seconds()},
+	}
+}
+
+// heartbeatScenario renews the Lease of every seeded node at the kubelet's
+// period, each node on its own schedule, for the heartbeat duration.
+func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool) (*measurement, error) {
+	cfg := ownConnection(s.cfg, "kubelet/v1.37.2 (linux/amd64) bench")
+	cfg.ContentType = protobufAccept
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	leases := client.CoordinationV1().Leases("kube-node-lease")
+	current := make([]*coordinationv1.Lease, p.Nodes)
+	if _, _, err := parallel(ctx, p.Nodes, 32, func(i int) (time.Duration, error) {
+		l, err := leases.Get(ctx, nodeName(i), metav1.GetOptions{})
+		current[i] = l
+		return 0, err
+	}); err != nil {
+		return nil, err
+	}
+
+	runCtx, cancel := context.WithTimeout(ctx, p.HeartbeatDuration)
+	defer cancel()
+	var f *flood
+	if withFlood {
+		if f, err = startFlood(runCtx, s, p.FloodConcurrency); err != nil {
+			return nil, err
+		}
+	}
+	var mu sync.Mutex
+	var lat Latencies
+	var failures atomic.Int64
+	var wg sync.WaitGroup
+	for i := range p.Nodes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			timer := time.NewTimer(rand.N(nodeLeasePeriod))
+			defer timer.Stop()
+			for {
+				select {
+				case <-runCtx.Done():
+					return
+				case <-timer.C:
+				}
+				start := time.Now()
+				l, err := renew(runCtx, client, current[i])
+				if err != nil {
+					if runCtx.Err() == nil {
+						failures.Add(1)
+					}
+				} else {
+					current[i] = l
+					mu.Lock()
+					lat = append(lat, time.Since(start))
+					mu.Unlock()
+				}
+				timer.Reset(nodeLeasePeriod)
+			}
+		}(i)
+	}
+	wg.Wait()
+	m := &measurement{
+		latencies: map[string]Latencies{"renewal latency": lat},
+		serverKey: "PUT leases",
+		values:    []namedValue{{"failed renewals", "count", float64(failures.Load())}},
+	}
+	if f != nil {
+		m.values = append(m.values, f.values(p.HeartbeatDuration)...)
+	}
+	return m, nil
+}
+
+// renew updates a Lease as the kubelet does: from its last copy, and after
+// a conflict from a fresh read.
+func renew(ctx context.Context, client kubernetes.Interface, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+	leases := client.CoordinationV1().Leases(l.Namespace)
+	for range 5 {
+		l = l.DeepCopy()
+		l.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
+		updated, err := leases.Update(ctx, l, metav1.UpdateOptions{})
+		if !apierrors.IsConflict(err) {
+			return updated, err
+		}
+		if l, err = leases.Get(ctx, l.Name, metav1.GetOptions{}); err != nil {
+			return nil, err
+		}
+	}
+	return nil, errors.New("lease renewal kept conflicting")
+}
+
+// floodScenario runs the flooder against well-behaved clients that each
+// send a fixed mix (GET pod, LIST a node's pods, GET node) ten times a second.
+func floodScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
+	runCtx, cancel := context.WithTimeout(ctx, p.FloodDuration)
+	defer cancel()
+	f, err := startFlood(runCtx, s, p.FloodConcurrency)
+	if err != nil {
+		return nil, err
+	}
+	client, err := httpClient(s.cfg, goodUserAgent)
+	if err != nil {
+		return nil, err
+	}
+	var mu sync.Mutex
+	var lat Latencies
+	var good, bad atomic.Int64
+	var wg sync.WaitGroup
+	for c := range p.GoodClients {
+		wg.Add(1)
+		go func(c int) {
+			defer wg.Done()
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			for n := c; ; n++ {
+				select {
+				case <-runCtx.Done():
+					return
+				case <-tick.C:
+				}
+				var path string
+				switch j := n * 7919 % p.Pods; n % 3 {
+				case 0:
+					path = "/api/v1/namespaces/" + nsName(p.podNamespace(j)) + "/pods/" + podName(j)
+				case 1:
+					path = "/api/v1/pods?fieldSelector=spec.nodeName%3D" + nodeName(j%p.Nodes)
+				default:
+					path = "/api/v1/nodes/" + nodeName(j%p.Nodes)
+				}
+				d, _, err := timed(runCtx, client, http.MethodGet, s.url+path, goodUserAgent, "", nil)
+				if runCtx.Err() != nil {
+					return
+				}
+				if err != nil {
+					bad.Add(1)
+					continue
+				}
+				good.Add(1)
+				mu.Lock()
+				lat = append(lat, d)
+				mu.Unlock()
+			}
+		}(c)
+	}
+	wg.Wait()
+	values := []namedValue{
+		{"good-client goodput", "req/s", float64(good.Load()) / p.FloodDuration.Seconds()},
+		{"good-client failures", "count", float64(bad.Load())},
+	}
+	return &measurement{
+		latencies: map[string]Latencies{"good-client latency": lat},
+		serverKey: "GET pods",
+		values:    append(values, f.values(p.FloodDuration)...),
+	}, nil
+}

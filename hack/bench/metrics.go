@@ -1,0 +1,194 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"k8s.io/client-go/rest"
+)
+
+// Latencies are client-side request durations of one scenario and server.
+type Latencies []time.Duration
+
+// Quantile returns the q-quantile (nearest rank); zero without samples.
+func (l Latencies) Quantile(q float64) time.Duration {
+	if len(l) == 0 {
+		return 0
+	}
+	s := append(Latencies(nil), l...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	idx := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(idx, 0)]
+}
+
+// histogram is the cumulative bucket counts of one histogram, summed over
+// the label sets a filter selected.
+type histogram map[float64]float64
+
+// scrapeRequestDurations reads apiserver_request_duration_seconds from
+// /metrics, keyed by "VERB resource".
+func scrapeRequestDurations(ctx context.Context, cfg *rest.Config) (map[string]histogram, error) {
+	client, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := get(ctx, client, cfg.Host+"/metrics", "text/plain", "")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]histogram{}
+	family := families["apiserver_request_duration_seconds"]
+	if family == nil {
+		return out, nil
+	}
+	for _, m := range family.Metric {
+		key := label(m, "verb") + " " + label(m, "resource")
+		if sub := label(m, "subresource"); sub != "" {
+			key += "/" + sub
+		}
+		h := out[key]
+		if h == nil {
+			h = histogram{}
+			out[key] = h
+		}
+		for _, b := range m.GetHistogram().GetBucket() {
+			if !math.IsInf(b.GetUpperBound(), 1) {
+				h[b.GetUpperBound()] += float64(b.GetCumulativeCount())
+			}
+		}
+		h[math.Inf(1)] += float64(m.GetHistogram().GetSampleCount())
+	}
+	return out, nil
+}
+
+func label(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
+}
+
+// serverQuantile is the q-quantile of the requests counted between two
+// scrapes, interpolated within buckets as Prometheus' histogram_quantile
+// does. It returns NaN when no request was counted.
+func serverQuantile(before, after histogram, q float64) float64 {
+	bounds := make([]float64, 0, len(after))
+	for b := range after {
+		bounds = append(bounds, b)
+	}
+	sort.Float64s(bounds)
+	counts := make([]float64, len(bounds))
+	for i, b := range bounds {
+		counts[i] = after[b] - before[b]
+	}
+	total := counts[len(counts)-1]
+	if len(bounds) < 2 || total <= 0 {
+		return math.NaN()
+	}
+	rank := q * total
+	lower, prev := 0.0, 0.0
+	for i, b := range bounds {
+		if counts[i] >= rank {
+			if math.IsInf(b, 1) {
+				return bounds[i-1]
+			}
+			return lower + (b-lower)*(rank-prev)/(counts[i]-prev)
+		}
+		lower, prev = b, counts[i]
+	}
+	return bounds[len(bounds)-2]
+}
+
+// Usage is a process's resource use over a scenario.
+type Usage struct {
+	CPUSeconds float64
+	PeakRSSMiB float64
+}
+
+// usageSampler follows a process's CPU time and resident memory from /proc.
+type usageSampler struct {
+	pid      int
+	startCPU float64
+	stop     chan struct{}
+	done     sync.WaitGroup
+	peakRSS  float64
+}
+
+const clockTicks = 100 // USER_HZ on Linux
+
+func startUsage(pid int) *usageSampler {
+	s := &usageSampler{pid: pid, stop: make(chan struct{})}
+	s.startCPU, _ = cpuSeconds(pid)
+	s.peakRSS, _ = rssMiB(pid)
+	s.done.Add(1)
+	go func() {
+		defer s.done.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				if rss, err := rssMiB(pid); err == nil && rss > s.peakRSS {
+					s.peakRSS = rss
+				}
+			}
+		}
+	}()
+	return s
+}
+
+func (s *usageSampler) Stop() Usage {
+	close(s.stop)
+	s.done.Wait()
+	cpu, _ := cpuSeconds(s.pid)
+	return Usage{CPUSeconds: cpu - s.startCPU, PeakRSSMiB: s.peakRSS}
+}
+
+func cpuSeconds(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which may contain spaces, in ")".
+	fields := strings.Fields(string(data[strings.LastIndexByte(string(data), ')')+2:]))
+	utime, _ := strconv.ParseFloat(fields[11], 64)
+	stime, _ := strconv.ParseFloat(fields[12], 64)
+	return (utime + stime) / clockTicks, nil
+}
+
+func rssMiB(pid int) (float64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}
