@@ -17,6 +17,7 @@ package main
 import (
 	"context"
 	"flag"
+	"io"
 	"fmt"
 	"os"
 	"os/signal"
@@ -24,6 +25,8 @@ import (
 	"regexp"
 	"syscall"
 	"time"
+
+	"k8s.io/klog/v2"
 )
 
 func main() {
@@ -52,6 +55,9 @@ func main() {
 	flag.IntVar(&p.GoodClients, "good-clients", 4, "well-behaved clients during the flood (10 req/s each)")
 	flag.IntVar(&p.RestartWatchers, "restart-watchers", 1000, "kubelet-style watchers of the restart scenario (at most one per node)")
 	flag.Parse()
+	// Thousands of reflectors log every retry; the table is the output.
+	klog.SetOutput(io.Discard)
+	klog.LogToStderr(false)
 
 	filter, err := regexp.Compile(*only)
 	if err != nil {

@@ -177,7 +177,20 @@ func cpuSeconds(pid int) (float64, error) {
 	return (utime + stime) / clockTicks, nil
 }
 
-func rssMiB(pid int) (float64, error) {
+// processUsage is a process's CPU time and peak RSS since it started.
+func processUsage(pid int) (Usage, error) {
+	cpu, err := cpuSeconds(pid)
+	if err != nil {
+		return Usage{}, err
+	}
+	peak, err := statusMiB(pid, "VmHWM:")
+	return Usage{CPUSeconds: cpu, PeakRSSMiB: peak}, err
+}
+
+func rssMiB(pid int) (float64, error) { return statusMiB(pid, "VmRSS:") }
+
+// statusMiB reads a memory field of /proc/<pid>/status.
+func statusMiB(pid int, field string) (float64, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -185,10 +198,10 @@ func rssMiB(pid int) (float64, error) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), field); ok {
 			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
 			return kb / 1024, err
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }

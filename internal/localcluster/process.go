@@ -12,9 +12,10 @@ import (
 )
 
 // StopGrace is how long a process gets to exit after SIGTERM before SIGKILL.
-// An apiserver with open watches takes up to its ShutdownTimeout (its
-// --request-timeout, 60s by default) to drain them.
-const StopGrace = 90 * time.Second
+// An apiserver with open watches waits up to its ShutdownTimeout (its
+// --request-timeout, 60s by default) for them, and with a thousand watchers
+// takes 80s in all on 2 cores.
+const StopGrace = 2 * time.Minute
 
 // Process is a child process whose output goes to a log file.
 type Process struct {
