@@ -17,7 +17,6 @@ package main
 import (
 	"context"
 	"flag"
-	"io"
 	"fmt"
 	"os"
 	"os/signal"
@@ -26,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
 )
 
@@ -56,8 +56,7 @@ func main() {
 	flag.IntVar(&p.RestartWatchers, "restart-watchers", 1000, "kubelet-style watchers of the restart scenario (at most one per node)")
 	flag.Parse()
 	// Thousands of reflectors log every retry; the table is the output.
-	klog.SetOutput(io.Discard)
-	klog.LogToStderr(false)
+	klog.SetLogger(logr.Discard())
 
 	filter, err := regexp.Compile(*only)
 	if err != nil {

@@ -13,6 +13,8 @@ const flagSectionName = "bulwark"
 // Options are Bulwark's own flags.
 type Options struct {
 	EmbeddedEtcd embeddedetcd.Config
+	// UserAgentLimitsConfig is the path of the User-Agent limiter's rules.
+	UserAgentLimitsConfig string
 }
 
 // NewOptions returns the defaults.
@@ -33,6 +35,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"Loopback peer URL of the embedded etcd; etcd needs one even as a single member.")
 	fs.Int64Var(&e.QuotaBackendBytes, "embedded-etcd-quota-backend-bytes", e.QuotaBackendBytes,
 		"Database size at which the embedded etcd raises its NOSPACE alarm. The default suits about a million objects.")
+	fs.StringVar(&o.UserAgentLimitsConfig, "user-agent-limits-config", o.UserAgentLimitsConfig,
+		"File with User-Agent rate-limit rules (kind UserAgentLimits), applied before authentication. "+
+			"Changes take effect within 2s without restart; an invalid file is rejected and the rules in force stay. Empty: no limits.")
 	fs.DurationVar(&e.StartTimeout, "embedded-etcd-start-timeout", e.StartTimeout,
 		"How long to wait for the embedded etcd to serve before giving up.")
 }

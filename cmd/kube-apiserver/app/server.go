@@ -32,6 +32,7 @@ import (
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 
 	"github.com/bulwark-k8s/bulwark/pkg/embeddedetcd"
+	"github.com/bulwark-k8s/bulwark/pkg/filters"
 )
 
 func init() {
@@ -94,7 +95,7 @@ the "bulwark" section below.`,
 			}
 			featureGate.(featuregate.MutableFeatureGate).AddMetrics()
 			s.GenericServerRunOptions.ComponentGlobalsRegistry.AddMetrics()
-			if err := Run(runCtx, completedOptions); err != nil {
+			if err := Run(runCtx, completedOptions, bulwark); err != nil {
 				return err
 			}
 			// A server stopped by its embedded etcd failing must not exit 0.
@@ -148,9 +149,11 @@ func stopOnError(ctx context.Context, errc <-chan error) context.Context {
 	return ctx
 }
 
-// Run runs the apiserver until ctx is done: upstream's config, completed and
-// served by upstream's own functions.
-func Run(ctx context.Context, opts options.CompletedOptions) error {
+// Run runs the apiserver until ctx is done. It is upstream's Run with
+// Bulwark's additions put in at the points upstream exposes: the config
+// built by upstream's NewConfig is adjusted before it is completed, and
+// debug endpoints are added to the server chain before it runs.
+func Run(ctx context.Context, opts options.CompletedOptions, bulwark *Options) error {
 	klog.Infof("Version: %+v", utilversion.Get())
 	klog.InfoS("Golang settings", "GOGC", os.Getenv("GOGC"), "GOMAXPROCS", os.Getenv("GOMAXPROCS"), "GOTRACEBACK", os.Getenv("GOTRACEBACK"))
 
@@ -162,10 +165,20 @@ func Run(ctx context.Context, opts options.CompletedOptions) error {
 		opts.InformerName = informerName
 	}
 
+	var limiter *filters.UserAgentLimiter
+	if bulwark.UserAgentLimitsConfig != "" {
+		var err error
+		if limiter, err = filters.NewUserAgentLimiter(bulwark.UserAgentLimitsConfig); err != nil {
+			return err
+		}
+		go limiter.Run(ctx)
+	}
+
 	config, err := upstream.NewConfig(opts)
 	if err != nil {
 		return err
 	}
+	customizeConfig(config, limiter)
 	completed, err := config.Complete()
 	if err != nil {
 		return err
@@ -174,6 +187,7 @@ func Run(ctx context.Context, opts options.CompletedOptions) error {
 	if err != nil {
 		return err
 	}
+	installDebugHandlers(server.GenericAPIServer.Handler.NonGoRestfulMux, limiter)
 	prepared, err := server.PrepareRun()
 	if err != nil {
 		return err

@@ -1,0 +1,58 @@
+package filters
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+const namespace = "bulwark"
+
+var (
+	heartbeatRequestDuration = metrics.NewHistogramVec(&metrics.HistogramOpts{
+		Namespace:      namespace,
+		Name:           "heartbeat_request_duration_seconds",
+		Help:           "Latency of heartbeat requests (node Lease renewals, node status, leader-election Leases), by kind, measured from Bulwark's outermost filter.",
+		Buckets:        []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10},
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"kind"})
+
+	userAgentRejected = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      namespace,
+		Name:           "user_agent_limit_rejected_requests_total",
+		Help:           "Requests rejected with 429 by the User-Agent limiter, by rule.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"rule"})
+
+	userAgentConfigReloads = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      namespace,
+		Name:           "user_agent_limit_config_reloads_total",
+		Help:           "Loads of the --user-agent-limits-config file, by result (success, failure). A failed load keeps the previous rules.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+
+	userAgentConfigValid = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      namespace,
+		Name:           "user_agent_limit_config_last_load_successful",
+		Help:           "1 if the last load of the --user-agent-limits-config file succeeded, 0 if the file is invalid and the previous rules are in force.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	userAgentRules = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      namespace,
+		Name:           "user_agent_limit_rules",
+		Help:           "Number of User-Agent limit rules in force.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	registerOnce sync.Once
+)
+
+// RegisterMetrics registers the filters' metrics with the legacy registry,
+// which serves them on /metrics beside upstream's.
+func RegisterMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules)
+	})
+}
