@@ -49,10 +49,12 @@ var (
 	registerOnce sync.Once
 )
 
-// RegisterMetrics registers the filters' metrics with the legacy registry,
-// which serves them on /metrics beside upstream's.
-func RegisterMetrics() {
+// RegisterMetrics registers the filters' metrics, and the top talkers of
+// talkers, with the legacy registry, which serves them on /metrics beside
+// upstream's.
+func RegisterMetrics(talkers *TopTalkers) {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules)
+		legacyregistry.CustomMustRegister(&topTalkersCollector{talkers: talkers})
 	})
 }

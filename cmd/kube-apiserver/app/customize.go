@@ -1,6 +1,7 @@
 package app
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 
@@ -11,37 +12,69 @@ import (
 	"github.com/bulwark-k8s/bulwark/pkg/filters"
 )
 
-// userAgentLimitsDebugPath serves the User-Agent limits in force. It is
-// behind upstream's authentication and authorization like every
-// non-resource path: `kubectl get --raw /debug/bulwark/user-agent-limits`.
-const userAgentLimitsDebugPath = "/debug/bulwark/user-agent-limits"
+// Bulwark's debug endpoints. They are behind upstream's authentication and
+// authorization like every non-resource path (system:masters by default):
+// `kubectl get --raw /debug/bulwark/user-agents`.
+const (
+	topTalkersDebugPath      = "/debug/bulwark/user-agents"
+	userAgentLimitsDebugPath = "/debug/bulwark/user-agent-limits"
+	topTalkersDebugCount     = 50
+)
+
+// additions are Bulwark's parts of a running server.
+type additions struct {
+	talkers *filters.TopTalkers
+	// limiter is nil without --user-agent-limits-config.
+	limiter *filters.UserAgentLimiter
+}
+
+// newAdditions builds them from the options; the limiter follows its file
+// until ctx is done.
+func newAdditions(ctx context.Context, o *Options) (*additions, error) {
+	a := &additions{talkers: filters.NewTopTalkers()}
+	if o.UserAgentLimitsConfig != "" {
+		var err error
+		if a.limiter, err = filters.NewUserAgentLimiter(o.UserAgentLimitsConfig); err != nil {
+			return nil, err
+		}
+		go a.limiter.Run(ctx)
+	}
+	filters.RegisterMetrics(a.talkers)
+	return a, nil
+}
 
 // customizeConfig puts Bulwark's filters around upstream's handler chain.
 // Only the aggregator's chain sees requests: it is the outermost server, and
 // the servers it delegates to are called without their own filters.
-func customizeConfig(config *upstream.Config, limiter *filters.UserAgentLimiter) {
-	filters.RegisterMetrics()
+func (a *additions) customizeConfig(config *upstream.Config) {
 	gc := config.Aggregator.GenericConfig
 	buildUpstream := gc.BuildHandlerChainFunc
 	gc.BuildHandlerChainFunc = func(apiHandler http.Handler, c *genericapiserver.Config) http.Handler {
 		// Innermost first: what is added last runs first.
 		handler := buildUpstream(apiHandler, c)
-		if limiter != nil {
-			handler = filters.WithUserAgentLimits(handler, limiter, c.RequestInfoResolver)
+		if a.limiter != nil {
+			handler = filters.WithUserAgentLimits(handler, a.limiter, c.RequestInfoResolver)
 		}
+		handler = filters.WithTopTalkers(handler, a.talkers)
 		return filters.WithHeartbeatLatency(handler)
 	}
 }
 
 // installDebugHandlers adds Bulwark's debug endpoints to the server's mux.
-func installDebugHandlers(m *mux.PathRecorderMux, limiter *filters.UserAgentLimiter) {
-	if limiter == nil {
-		return
-	}
-	m.HandleFunc(userAgentLimitsDebugPath, func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(limiter.Status())
+func (a *additions) installDebugHandlers(m *mux.PathRecorderMux) {
+	m.HandleFunc(topTalkersDebugPath, func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, a.talkers.Snapshot(topTalkersDebugCount))
 	})
+	if a.limiter != nil {
+		m.HandleFunc(userAgentLimitsDebugPath, func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, a.limiter.Status())
+		})
+	}
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }

@@ -32,7 +32,6 @@ import (
 	"k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 
 	"github.com/bulwark-k8s/bulwark/pkg/embeddedetcd"
-	"github.com/bulwark-k8s/bulwark/pkg/filters"
 )
 
 func init() {
@@ -165,20 +164,15 @@ func Run(ctx context.Context, opts options.CompletedOptions, bulwark *Options) e
 		opts.InformerName = informerName
 	}
 
-	var limiter *filters.UserAgentLimiter
-	if bulwark.UserAgentLimitsConfig != "" {
-		var err error
-		if limiter, err = filters.NewUserAgentLimiter(bulwark.UserAgentLimitsConfig); err != nil {
-			return err
-		}
-		go limiter.Run(ctx)
+	bulwarkParts, err := newAdditions(ctx, bulwark)
+	if err != nil {
+		return err
 	}
-
 	config, err := upstream.NewConfig(opts)
 	if err != nil {
 		return err
 	}
-	customizeConfig(config, limiter)
+	bulwarkParts.customizeConfig(config)
 	completed, err := config.Complete()
 	if err != nil {
 		return err
@@ -187,7 +181,7 @@ func Run(ctx context.Context, opts options.CompletedOptions, bulwark *Options) e
 	if err != nil {
 		return err
 	}
-	installDebugHandlers(server.GenericAPIServer.Handler.NonGoRestfulMux, limiter)
+	bulwarkParts.installDebugHandlers(server.GenericAPIServer.Handler.NonGoRestfulMux)
 	prepared, err := server.PrepareRun()
 	if err != nil {
 		return err
