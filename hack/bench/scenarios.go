@@ -94,6 +94,8 @@ func scenarios(p Params) []scenario {
 			return heartbeatScenario(ctx, s, p, true)
 		}},
 		scenario{name: "flood", run: floodScenario},
+		scenario{name: "cost: flooder LISTs", run: costScenario(asFlooder, floodUserAgent)},
+		scenario{name: "cost: failed authentication", run: costScenario(withBadToken, goodUserAgent)},
 		scenario{name: "restart", run: restartScenario},
 	)
 }
