@@ -59,6 +59,13 @@ test-unit:
 test-integration: binaries
 	BULWARK_BIN_DIR=$(CURDIR)/$(BIN) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
 
+FUZZTIME ?= 1m
+
+.PHONY: fuzz
+fuzz: ## Fuzz the heartbeat classifier and the User-Agent limits parser.
+	go test ./pkg/heartbeat -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME)
+	go test ./pkg/filters -run '^$$' -fuzz FuzzParseUserAgentLimits -fuzztime $(FUZZTIME)
+
 .PHONY: update-kube-version
 update-kube-version: ## Move to another Kubernetes release: make update-kube-version KUBE=1.37.3
 	hack/update-kube-version.sh $(KUBE)

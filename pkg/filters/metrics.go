@@ -46,6 +46,13 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	})
 
+	cacheNotReadyRejected = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      namespace,
+		Name:           "cache_not_ready_rejected_requests_total",
+		Help:           "LIST and WATCH requests answered 429 because the watch cache of their resource was not ready, by group and resource.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+
 	registerOnce sync.Once
 )
 
@@ -54,7 +61,7 @@ var (
 // upstream's.
 func RegisterMetrics(talkers *TopTalkers) {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules)
+		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected)
 		legacyregistry.CustomMustRegister(&topTalkersCollector{talkers: talkers})
 	})
 }

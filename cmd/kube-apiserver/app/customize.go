@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"net/http"
 
+	"k8s.io/apiserver/pkg/registry/generic"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/mux"
 	upstream "k8s.io/kubernetes/cmd/kube-apiserver/app"
 
+	"github.com/bulwark-k8s/bulwark/pkg/cacher"
 	"github.com/bulwark-k8s/bulwark/pkg/filters"
 )
 
@@ -24,6 +26,8 @@ const (
 // additions are Bulwark's parts of a running server.
 type additions struct {
 	talkers *filters.TopTalkers
+	// caches is nil with --cache-not-ready-gate=false.
+	caches *cacher.Readiness
 	// limiter is nil without --user-agent-limits-config.
 	limiter *filters.UserAgentLimiter
 }
@@ -32,6 +36,9 @@ type additions struct {
 // until ctx is done.
 func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	a := &additions{talkers: filters.NewTopTalkers()}
+	if o.CacheNotReadyGate {
+		a.caches = cacher.NewReadiness()
+	}
 	if o.UserAgentLimitsConfig != "" {
 		var err error
 		if a.limiter, err = filters.NewUserAgentLimiter(o.UserAgentLimitsConfig); err != nil {
@@ -43,15 +50,29 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	return a, nil
 }
 
-// customizeConfig puts Bulwark's filters around upstream's handler chain.
-// Only the aggregator's chain sees requests: it is the outermost server, and
-// the servers it delegates to are called without their own filters.
+// customizeConfig records every resource's storage for the cache-not-ready
+// gate, and puts Bulwark's filters around upstream's handler chain. Only the
+// aggregator's chain sees requests: it is the outermost server, and the
+// servers it delegates to are called without their own filters.
 func (a *additions) customizeConfig(config *upstream.Config) {
+	if a.caches != nil {
+		for _, getter := range []*generic.RESTOptionsGetter{
+			&config.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter,
+			&config.ApiExtensions.GenericConfig.RESTOptionsGetter,
+			&config.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter,
+			&config.Aggregator.GenericConfig.RESTOptionsGetter,
+		} {
+			*getter = a.caches.RESTOptionsGetter(*getter)
+		}
+	}
 	gc := config.Aggregator.GenericConfig
 	buildUpstream := gc.BuildHandlerChainFunc
 	gc.BuildHandlerChainFunc = func(apiHandler http.Handler, c *genericapiserver.Config) http.Handler {
 		// Innermost first: what is added last runs first.
 		handler := buildUpstream(apiHandler, c)
+		if a.caches != nil {
+			handler = filters.WithCacheNotReadyGate(handler, a.caches, c.RequestInfoResolver, c.LoopbackClientConfig.BearerToken)
+		}
 		if a.limiter != nil {
 			handler = filters.WithUserAgentLimits(handler, a.limiter, c.RequestInfoResolver)
 		}

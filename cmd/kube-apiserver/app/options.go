@@ -15,12 +15,15 @@ type Options struct {
 	EmbeddedEtcd embeddedetcd.Config
 	// UserAgentLimitsConfig is the path of the User-Agent limiter's rules.
 	UserAgentLimitsConfig string
+	// CacheNotReadyGate answers LIST/WATCH with 429 while a watch cache fills.
+	CacheNotReadyGate bool
 }
 
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		EmbeddedEtcd: embeddedetcd.Config{DataDir: "bulwark.etcd"}.WithDefaults(),
+		EmbeddedEtcd:      embeddedetcd.Config{DataDir: "bulwark.etcd"}.WithDefaults(),
+		CacheNotReadyGate: true,
 	}
 }
 
@@ -38,6 +41,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.UserAgentLimitsConfig, "user-agent-limits-config", o.UserAgentLimitsConfig,
 		"File with User-Agent rate-limit rules (kind UserAgentLimits), applied before authentication. "+
 			"Changes take effect within 2s without restart; an invalid file is rejected and the rules in force stay. Empty: no limits.")
+	fs.BoolVar(&o.CacheNotReadyGate, "cache-not-ready-gate", o.CacheNotReadyGate,
+		"Answer LIST and WATCH requests with 429 and Retry-After while the watch cache of their resource is filling, "+
+			"instead of serving them from etcd, so that a restart does not become an etcd stampede.")
 	fs.DurationVar(&e.StartTimeout, "embedded-etcd-start-timeout", e.StartTimeout,
 		"How long to wait for the embedded etcd to serve before giving up.")
 }

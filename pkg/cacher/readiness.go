@@ -1,0 +1,100 @@
+// Package cacher is Bulwark's layer over upstream's watch cache. So far it
+// holds the readiness registry: which resources' watch caches are filled.
+package cacher
+
+import (
+	"sync"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/registry/generic"
+	"k8s.io/apiserver/pkg/storage"
+	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
+	"k8s.io/client-go/tools/cache"
+)
+
+// Readiness records the storage of every resource the apiserver serves and
+// answers whether its watch cache is ready, from the storage's own
+// ReadinessCheck (upstream's cacher reports not ready while it fills, and
+// while it re-initialises after an error). The cache-not-ready gate reads it.
+type Readiness struct {
+	mu     sync.RWMutex
+	stores map[schema.GroupResource]map[*registered]struct{}
+}
+
+type registered struct{ storage.Interface }
+
+// NewReadiness returns an empty registry.
+func NewReadiness() *Readiness {
+	return &Readiness{stores: map[schema.GroupResource]map[*registered]struct{}{}}
+}
+
+// Ready tells whether every storage of a resource is ready to serve; known
+// is false for a resource no storage was created for (yet).
+func (r *Readiness) Ready(gr schema.GroupResource) (known, ready bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	stores := r.stores[gr]
+	for s := range stores {
+		if s.ReadinessCheck() != nil {
+			return true, false
+		}
+	}
+	return len(stores) > 0, true
+}
+
+func (r *Readiness) add(gr schema.GroupResource, s storage.Interface) func() {
+	entry := &registered{s}
+	r.mu.Lock()
+	if r.stores[gr] == nil {
+		r.stores[gr] = map[*registered]struct{}{}
+	}
+	r.stores[gr][entry] = struct{}{}
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		delete(r.stores[gr], entry)
+		if len(r.stores[gr]) == 0 {
+			delete(r.stores, gr)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// Decorate wraps a storage decorator so that every storage it creates is
+// recorded until it is destroyed (a deleted CRD's storage leaves with it).
+func (r *Readiness) Decorate(decorate generic.StorageDecorator) generic.StorageDecorator {
+	return func(config *storagebackend.ConfigForResource, resourcePrefix string, keyFunc func(obj runtime.Object) (string, error),
+		newFunc, newListFunc func() runtime.Object, getAttrs storage.AttrFunc, triggers storage.IndexerFuncs, indexers *cache.Indexers,
+	) (storage.Interface, factory.DestroyFunc, error) {
+		s, destroy, err := decorate(config, resourcePrefix, keyFunc, newFunc, newListFunc, getAttrs, triggers, indexers)
+		if err != nil {
+			return s, destroy, err
+		}
+		remove := r.add(config.GroupResource, s)
+		return s, func() {
+			remove()
+			destroy()
+		}, nil
+	}
+}
+
+// RESTOptionsGetter returns getter with every resource's decorator wrapped by Decorate.
+func (r *Readiness) RESTOptionsGetter(getter generic.RESTOptionsGetter) generic.RESTOptionsGetter {
+	return &readinessGetter{getter: getter, readiness: r}
+}
+
+type readinessGetter struct {
+	getter    generic.RESTOptionsGetter
+	readiness *Readiness
+}
+
+func (g *readinessGetter) GetRESTOptions(resource schema.GroupResource, example runtime.Object) (generic.RESTOptions, error) {
+	opts, err := g.getter.GetRESTOptions(resource, example)
+	if err != nil {
+		return opts, err
+	}
+	opts.Decorator = g.readiness.Decorate(opts.Decorator)
+	return opts, nil
+}

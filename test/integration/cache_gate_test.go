@@ -1,0 +1,98 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+
+	"github.com/bulwark-k8s/bulwark/test/integration/framework"
+)
+
+// TestCacheNotReadyGate fills etcd with custom objects behind the apiserver's
+// back, so that the watch cache the first request of that resource starts
+// takes a while to fill: meanwhile LISTs get 429, then they succeed.
+func TestCacheNotReadyGate(t *testing.T) {
+	const objects = 40000
+	ctx := context.Background()
+	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
+	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd})
+
+	gvk := schema.GroupVersionKind{Group: "gate.bulwark.test", Version: "v1", Kind: "Widget"}
+	crds := apiextensionsclient.NewForConfigOrDie(s.Config).ApiextensionsV1().CustomResourceDefinitions()
+	crd, err := crds.Create(ctx, widgetCRD(gvk), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 30*time.Second, "CRD established", func() bool {
+		crd, err = crds.Get(ctx, crd.Name, metav1.GetOptions{})
+		for _, c := range crd.Status.Conditions {
+			if c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue {
+				return true
+			}
+		}
+		return false
+	})
+	seedWidgets(t, etcd.ClientURL, gvk, objects)
+
+	// The first request creates the resource's storage and its watch cache,
+	// and is itself served (from etcd, by upstream); the ones after it are
+	// gated until the cache holds every object.
+	path := "/apis/gate.bulwark.test/v1/namespaces/default/widgets?limit=1"
+	var codes []int
+	gated := 0
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		code, body := call(t, s, "GET", path, "kubectl", false)
+		codes = append(codes, code)
+		if code == http.StatusTooManyRequests {
+			gated++
+		} else if code != http.StatusOK {
+			t.Fatalf("LIST while the cache fills: %d %s", code, body)
+		} else if gated > 0 {
+			break
+		}
+	}
+	if gated == 0 || codes[len(codes)-1] != http.StatusOK {
+		t.Fatalf("answers %v: want 429s while the cache of %d objects fills, then 200", codes, objects)
+	}
+	t.Logf("%d LISTs gated before the cache was ready", gated)
+	// A single-object GET is never gated.
+	if code, body := call(t, s, "GET", "/apis/gate.bulwark.test/v1/namespaces/default/widgets/w-7", "kubectl", false); code != http.StatusOK {
+		t.Errorf("GET one widget: %d %s", code, body)
+	}
+	if m := metrics(t, s); !strings.Contains(m, `bulwark_cache_not_ready_rejected_requests_total{group="gate.bulwark.test",resource="widgets"}`) {
+		t.Error("no bulwark_cache_not_ready_rejected_requests_total for widgets on /metrics")
+	}
+}
+
+// seedWidgets writes custom objects straight into etcd, in the JSON the
+// apiserver stores custom resources in.
+func seedWidgets(t *testing.T, etcdURL string, gvk schema.GroupVersionKind, n int) {
+	t.Helper()
+	client, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	now := time.Now().UTC().Format(time.RFC3339)
+	for start := 0; start < n; start += 128 {
+		var ops []clientv3.Op
+		for i := start; i < min(start+128, n); i++ {
+			obj := fmt.Sprintf(`{"apiVersion":%q,"kind":%q,"metadata":{"name":"w-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"spec":{"size":"large","padding":%q}}`,
+				gvk.GroupVersion().String(), gvk.Kind, i, i, now, strings.Repeat("x", 200))
+			ops = append(ops, clientv3.OpPut(fmt.Sprintf("/registry/%s/widgets/default/w-%d", gvk.Group, i), obj))
+		}
+		if _, err := client.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
