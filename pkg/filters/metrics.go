@@ -53,6 +53,13 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource"})
 
+	abandonedRequests = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      namespace,
+		Name:           "abandoned_requests_total",
+		Help:           "Requests (not watches or other long-running ones) whose client went away before the response was complete, by verb and resource.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"verb", "resource"})
+
 	registerOnce sync.Once
 )
 
@@ -61,7 +68,7 @@ var (
 // upstream's.
 func RegisterMetrics(talkers *TopTalkers) {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected)
+		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected, abandonedRequests)
 		legacyregistry.CustomMustRegister(&topTalkersCollector{talkers: talkers})
 	})
 }

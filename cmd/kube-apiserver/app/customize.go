@@ -77,6 +77,7 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 			handler = filters.WithUserAgentLimits(handler, a.limiter, c.RequestInfoResolver)
 		}
 		handler = filters.WithTopTalkers(handler, a.talkers)
+		handler = filters.WithAbandonedRequests(handler, c.RequestInfoResolver, c.LongRunningFunc)
 		return filters.WithHeartbeatLatency(handler)
 	}
 }
