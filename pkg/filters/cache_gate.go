@@ -1,7 +1,6 @@
 package filters
 
 import (
-	"crypto/subtle"
 	"fmt"
 	"net/http"
 	"time"
@@ -28,9 +27,9 @@ type CacheReadiness interface {
 // do the apiserver's own requests (its loopback client, recognised by its
 // token, which no other client has), health checks, metrics and heartbeats.
 func WithCacheNotReadyGate(handler http.Handler, caches CacheReadiness, resolver request.RequestInfoResolver, loopbackToken string) http.Handler {
-	loopbackAuth := []byte("Bearer " + loopbackToken)
+	isLoopback := loopbackCheck(loopbackToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if exempt(r) || (loopbackToken != "" && subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), loopbackAuth) == 1) {
+		if exempt(r) || isLoopback(r) {
 			handler.ServeHTTP(w, r)
 			return
 		}

@@ -60,6 +60,41 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"verb", "resource"})
 
+	overloadShed = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      namespace,
+		Name:           "overload_shed_requests_total",
+		Help:           "Requests answered 429 by overload shedding, by level (soft; hard: the connection was also closed).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"level"})
+
+	overloadInflight = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      namespace,
+		Name:           "overload_inflight_requests",
+		Help:           "Non-long-running requests inside the apiserver, counted before authentication: the inflight signal of overload shedding.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	overloadSchedulerLatency = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      namespace,
+		Name:           "overload_scheduler_latency_p99_seconds",
+		Help:           "99th percentile over the last second of the time runnable goroutines waited for a CPU: the CPU-saturation signal of overload shedding.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	tlsHandshakesInProgress = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      namespace,
+		Name:           "tls_handshakes_in_progress",
+		Help:           "TLS handshakes holding a slot of the handshake guard (--max-concurrent-tls-handshakes).",
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	tlsHandshakesRejected = metrics.NewCounter(&metrics.CounterOpts{
+		Namespace:      namespace,
+		Name:           "tls_handshake_rejected_connections_total",
+		Help:           "Connections closed because no TLS handshake slot was free within 5 seconds.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
 	registerOnce sync.Once
 )
 
@@ -68,7 +103,8 @@ var (
 // upstream's.
 func RegisterMetrics(talkers *TopTalkers) {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected, abandonedRequests)
+		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected, abandonedRequests,
+			overloadShed, overloadInflight, overloadSchedulerLatency, tlsHandshakesInProgress, tlsHandshakesRejected)
 		legacyregistry.CustomMustRegister(&topTalkersCollector{talkers: talkers})
 	})
 }

@@ -95,13 +95,23 @@ func putObjects(t *testing.T, etcdURL string, n int, object func(i int) (key, va
 		t.Fatal(err)
 	}
 	defer client.Close()
-	for start := 0; start < n; start += 128 {
-		var ops []clientv3.Op
-		for i := start; i < min(start+128, n); i++ {
-			ops = append(ops, clientv3.OpPut(object(i)))
-		}
+	var ops []clientv3.Op
+	size := 0
+	flush := func() {
 		if _, err := client.Txn(context.Background()).Then(ops...).Commit(); err != nil {
 			t.Fatal(err)
 		}
+		ops, size = ops[:0], 0
+	}
+	for i := range n {
+		key, value := object(i)
+		ops = append(ops, clientv3.OpPut(key, value))
+		// etcd's limits: 128 operations and about 1.5 MiB per request.
+		if size += len(key) + len(value); len(ops) == 128 || size > 1<<20 {
+			flush()
+		}
+	}
+	if len(ops) > 0 {
+		flush()
 	}
 }

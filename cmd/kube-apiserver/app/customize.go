@@ -30,12 +30,20 @@ type additions struct {
 	caches *cacher.Readiness
 	// limiter is nil without --user-agent-limits-config.
 	limiter *filters.UserAgentLimiter
+	shedder *filters.OverloadShedder
+	// maxHandshakes is 0 when TLS handshakes are not bounded.
+	maxHandshakes int
 }
 
 // newAdditions builds them from the options; the limiter follows its file
 // until ctx is done.
 func newAdditions(ctx context.Context, o *Options) (*additions, error) {
-	a := &additions{talkers: filters.NewTopTalkers()}
+	a := &additions{
+		talkers:       filters.NewTopTalkers(),
+		shedder:       filters.NewOverloadShedder(o.Overload),
+		maxHandshakes: o.MaxConcurrentTLSHandshakes,
+	}
+	go a.shedder.Run(ctx)
 	if o.CacheNotReadyGate {
 		a.caches = cacher.NewReadiness()
 	}
@@ -51,9 +59,10 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 }
 
 // customizeConfig records every resource's storage for the cache-not-ready
-// gate, and puts Bulwark's filters around upstream's handler chain. Only the
-// aggregator's chain sees requests: it is the outermost server, and the
-// servers it delegates to are called without their own filters.
+// gate, bounds the TLS handshakes of the secure port, and puts Bulwark's
+// filters around upstream's handler chain. Only the aggregator's chain sees
+// requests: it is the outermost server, and the servers it delegates to are
+// called without their own filters.
 func (a *additions) customizeConfig(config *upstream.Config) {
 	if a.caches != nil {
 		for _, getter := range []*generic.RESTOptionsGetter{
@@ -66,6 +75,9 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		}
 	}
 	gc := config.Aggregator.GenericConfig
+	if a.maxHandshakes > 0 && gc.SecureServing != nil {
+		gc.SecureServing.Listener = filters.LimitTLSHandshakes(gc.SecureServing.Listener, a.maxHandshakes)
+	}
 	buildUpstream := gc.BuildHandlerChainFunc
 	gc.BuildHandlerChainFunc = func(apiHandler http.Handler, c *genericapiserver.Config) http.Handler {
 		// Innermost first: what is added last runs first.
@@ -76,6 +88,7 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		if a.limiter != nil {
 			handler = filters.WithUserAgentLimits(handler, a.limiter, c.RequestInfoResolver)
 		}
+		handler = filters.WithOverloadShedding(handler, a.shedder, c.RequestInfoResolver, c.LongRunningFunc, c.LoopbackClientConfig.BearerToken)
 		handler = filters.WithTopTalkers(handler, a.talkers)
 		handler = filters.WithAbandonedRequests(handler, c.RequestInfoResolver, c.LongRunningFunc)
 		return filters.WithHeartbeatLatency(handler)

@@ -1,14 +1,26 @@
 package app
 
 import (
+	"runtime"
+	"time"
+
 	"github.com/spf13/pflag"
 
 	"github.com/bulwark-k8s/bulwark/pkg/embeddedetcd"
+	"github.com/bulwark-k8s/bulwark/pkg/filters"
 )
 
 // flagSectionName names the --help section that lists Bulwark's own flags,
 // apart from upstream's.
 const flagSectionName = "bulwark"
+
+// Overload-shedding defaults; docs/filters.md gives the measurements behind them.
+const (
+	defaultSoftInflight         = 2000
+	defaultHardInflight         = 4000
+	defaultSoftSchedulerLatency = 50 * time.Millisecond
+	defaultHardSchedulerLatency = 200 * time.Millisecond
+)
 
 // Options are Bulwark's own flags.
 type Options struct {
@@ -17,6 +29,11 @@ type Options struct {
 	UserAgentLimitsConfig string
 	// CacheNotReadyGate answers LIST/WATCH with 429 while a watch cache fills.
 	CacheNotReadyGate bool
+	// Overload are the thresholds of overload shedding.
+	Overload filters.OverloadConfig
+	// MaxConcurrentTLSHandshakes bounds the TLS handshakes in progress; 0
+	// does not bound them.
+	MaxConcurrentTLSHandshakes int
 }
 
 // NewOptions returns the defaults.
@@ -24,6 +41,16 @@ func NewOptions() *Options {
 	return &Options{
 		EmbeddedEtcd:      embeddedetcd.Config{DataDir: "bulwark.etcd"}.WithDefaults(),
 		CacheNotReadyGate: true,
+		Overload: filters.OverloadConfig{
+			SoftInflight:         defaultSoftInflight,
+			HardInflight:         defaultHardInflight,
+			SoftSchedulerLatency: defaultSoftSchedulerLatency,
+			HardSchedulerLatency: defaultHardSchedulerLatency,
+		},
+		// Enough to keep every core busy while some handshakes wait on the
+		// network; few enough that a reconnect storm's handshakes get a small
+		// share of the CPU beside the requests being served.
+		MaxConcurrentTLSHandshakes: 4 * runtime.GOMAXPROCS(0),
 	}
 }
 
@@ -44,6 +71,17 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.CacheNotReadyGate, "cache-not-ready-gate", o.CacheNotReadyGate,
 		"Answer LIST and WATCH requests with 429 and Retry-After while the watch cache of their resource is filling, "+
 			"instead of serving them from etcd, so that a restart does not become an etcd stampede.")
+	fs.Int64Var(&o.Overload.SoftInflight, "overload-soft-inflight", o.Overload.SoftInflight,
+		"Non-long-running requests in flight (counted before authentication) above which new requests get 429. 0 disables.")
+	fs.Int64Var(&o.Overload.HardInflight, "overload-hard-inflight", o.Overload.HardInflight,
+		"Requests in flight above which new requests get 429 and their connection is closed (GOAWAY on HTTP/2), so clients move to another replica. 0 disables.")
+	fs.DurationVar(&o.Overload.SoftSchedulerLatency, "overload-soft-scheduler-latency", o.Overload.SoftSchedulerLatency,
+		"99th percentile Go scheduler latency over the last second above which new requests get 429. 0 disables.")
+	fs.DurationVar(&o.Overload.HardSchedulerLatency, "overload-hard-scheduler-latency", o.Overload.HardSchedulerLatency,
+		"Scheduler latency above which new requests get 429 and their connection is closed. 0 disables.")
+	fs.IntVar(&o.MaxConcurrentTLSHandshakes, "max-concurrent-tls-handshakes", o.MaxConcurrentTLSHandshakes,
+		"TLS handshakes the secure port runs at once (default: 4 per CPU); a connection that waits more than 5s for its turn is closed, "+
+			"so that a reconnect storm cannot take the CPU from the requests being served. 0 does not bound them.")
 	fs.DurationVar(&e.StartTimeout, "embedded-etcd-start-timeout", e.StartTimeout,
 		"How long to wait for the embedded etcd to serve before giving up.")
 }

@@ -1,0 +1,168 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/bulwark-k8s/bulwark/test/integration/framework"
+)
+
+// stallLists opens n connections that each ask for a large LIST and never
+// read the answer: each request stays in flight, blocked on writing, until
+// its connection closes.
+func stallLists(t *testing.T, s *framework.APIServer, n int) (release func()) {
+	t.Helper()
+	tlsConfig, err := rest.TLSConfigFor(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := strings.TrimPrefix(s.URL, "https://")
+	var conns []*tls.Conn
+	for range n {
+		conn, err := tls.Dial("tcp", host, tlsConfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "GET /api/v1/configmaps HTTP/1.1\r\nHost: %s\r\nUser-Agent: staller\r\n\r\n", host)
+		conns = append(conns, conn)
+	}
+	return func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+}
+
+// TestOverloadHardThresholdClosesConnections drives the real binary past its
+// hard in-flight threshold: new requests get 429 and their connection is
+// closed (HTTP/1.1: Connection: close; HTTP/2: GOAWAY), and once the load is
+// gone the client, on a new connection, is served again.
+func TestOverloadHardThresholdClosesConnections(t *testing.T) {
+	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
+	now := time.Now().UTC().Format(time.RFC3339)
+	// 100 MB of ConfigMaps: far more than socket buffers hold.
+	putObjects(t, etcd.ClientURL, 2000, func(i int) (string, string) {
+		return fmt.Sprintf("/registry/configmaps/default/big-%d", i),
+			fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"big-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"data":{"payload":%q}}`,
+				i, i, now, strings.Repeat("x", 50000))
+	})
+	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{
+		// Soft shedding off: it would turn away the stalled LISTs themselves.
+		"--overload-soft-inflight=0", "--overload-hard-inflight=3",
+	}})
+
+	tlsConfig, err := rest.TLSConfigFor(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A transport with its own TLS config and no ForceAttemptHTTP2 speaks HTTP/1.1.
+	http1 := &http.Client{Transport: &http.Transport{TLSClientConfig: tlsConfig}}
+	http2, err := rest.HTTPClientFor(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(client *http.Client) (*http.Response, bool) {
+		reused := false
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { reused = i.Reused }})
+		req, _ := http.NewRequestWithContext(ctx, "GET", s.URL+"/api/v1/namespaces/default/configmaps/big-1", nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp, reused
+	}
+	if resp, _ := get(http2); resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+		t.Fatalf("before the load: %d over HTTP/%d", resp.StatusCode, resp.ProtoMajor)
+	}
+
+	release := stallLists(t, s, 3)
+	waitUntil(t, 30*time.Second, "in-flight requests above the hard threshold", func() bool {
+		resp, _ := get(http1)
+		if resp.StatusCode != http.StatusTooManyRequests {
+			t.Logf("%d; %s", resp.StatusCode, grepLines(metrics(t, s), "bulwark_overload_inflight"))
+		}
+		return resp.StatusCode == http.StatusTooManyRequests && resp.Close
+	})
+	// HTTP/2: the shed response carries a GOAWAY; the next request cannot
+	// reuse the connection.
+	resp, _ := get(http2)
+	if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("HTTP/2 while overloaded: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	release()
+	waitUntil(t, 30*time.Second, "load gone", func() bool {
+		resp, _ := get(http1)
+		return resp.StatusCode == http.StatusOK
+	})
+	resp, reused := get(http2)
+	if resp.StatusCode != http.StatusOK || reused {
+		t.Errorf("after the load: %d, connection reused %v; want 200 on a new connection", resp.StatusCode, reused)
+	}
+	if m := metrics(t, s); !strings.Contains(m, `bulwark_overload_shed_requests_total{level="hard"}`) {
+		t.Error("no hard sheds counted")
+	}
+}
+
+// TestOverloadSheddingQuietUnderNormalLoad runs a steady mixed load against
+// the default thresholds: nothing may be shed.
+func TestOverloadSheddingQuietUnderNormalLoad(t *testing.T) {
+	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
+	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd})
+	client, err := rest.HTTPClientFor(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{"/api/v1/namespaces", "/api/v1/namespaces/default/configmaps", "/api/v1/namespaces/kube-system", "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases", "/version"}
+	var wg sync.WaitGroup
+	errs := make(chan string, 16)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 150 {
+				resp, err := client.Get(s.URL + paths[(w+i)%len(paths)])
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				io.Copy(io.Discard, bufio.NewReader(resp.Body))
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Sprintf("%s: %d", paths[(w+i)%len(paths)], resp.StatusCode)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if m := metrics(t, s); strings.Contains(m, "bulwark_overload_shed_requests_total{") {
+		t.Errorf("requests were shed under normal load:\n%s", grepLines(m, "bulwark_overload"))
+	}
+}
+
+func grepLines(text, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
