@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 )
 
 // nodeLeasePeriod is how often a kubelet renews its node Lease.
@@ -162,8 +164,7 @@ func renew(ctx context.Context, client kubernetes.Interface, l *coordinationv1.L
 	return nil, errors.New("lease renewal kept conflicting")
 }
 
-// floodScenario runs the flooder against well-behaved clients that each
-// send a fixed mix (GET pod, LIST a node's pods, GET node) ten times a second.
+// floodScenario runs the flooder against well-behaved clients.
 func floodScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
 	runCtx, cancel := context.WithTimeout(ctx, p.FloodDuration)
 	defer cancel()
@@ -171,23 +172,40 @@ func floodScenario(ctx context.Context, s *server, p Params) (*measurement, erro
 	if err != nil {
 		return nil, err
 	}
-	client, err := httpClient(s.cfg, goodUserAgent)
+	good, err := startGoodClients(runCtx, s, p)
 	if err != nil {
 		return nil, err
 	}
-	var mu sync.Mutex
-	var lat Latencies
-	var good, bad atomic.Int64
-	var wg sync.WaitGroup
+	m := good.measurement(p.FloodDuration)
+	m.values = append(m.values, f.values(p.FloodDuration)...)
+	return m, nil
+}
+
+// goodClients are well-behaved clients, each on a connection of its own,
+// sending a fixed mix (GET pod, LIST a node's pods, GET node) ten times a
+// second until ctx is done.
+type goodClients struct {
+	mu        sync.Mutex
+	latencies Latencies
+	good, bad atomic.Int64
+	done      sync.WaitGroup
+}
+
+func startGoodClients(ctx context.Context, s *server, p Params) (*goodClients, error) {
+	g := &goodClients{}
 	for c := range p.GoodClients {
-		wg.Add(1)
-		go func(c int) {
-			defer wg.Done()
+		client, err := httpClient(s.cfg, goodUserAgent)
+		if err != nil {
+			return nil, err
+		}
+		g.done.Add(1)
+		go func() {
+			defer g.done.Done()
 			tick := time.NewTicker(100 * time.Millisecond)
 			defer tick.Stop()
 			for n := c; ; n++ {
 				select {
-				case <-runCtx.Done():
+				case <-ctx.Done():
 					return
 				case <-tick.C:
 				}
@@ -200,29 +218,110 @@ func floodScenario(ctx context.Context, s *server, p Params) (*measurement, erro
 				default:
 					path = "/api/v1/nodes/" + nodeName(j%p.Nodes)
 				}
-				d, _, err := timed(runCtx, client, http.MethodGet, s.url+path, goodUserAgent, "", nil)
-				if runCtx.Err() != nil {
+				d, _, err := timed(ctx, client, http.MethodGet, s.url+path, goodUserAgent, "", nil)
+				if ctx.Err() != nil {
 					return
 				}
 				if err != nil {
-					bad.Add(1)
+					g.bad.Add(1)
 					continue
 				}
-				good.Add(1)
-				mu.Lock()
-				lat = append(lat, d)
-				mu.Unlock()
+				g.good.Add(1)
+				g.mu.Lock()
+				g.latencies = append(g.latencies, d)
+				g.mu.Unlock()
 			}
-		}(c)
+		}()
 	}
-	wg.Wait()
-	values := []namedValue{
-		{"good-client goodput", "req/s", float64(good.Load()) / p.FloodDuration.Seconds()},
-		{"good-client failures", "count", float64(bad.Load())},
-	}
+	return g, nil
+}
+
+// measurement waits for the clients to stop and reports them over d.
+func (g *goodClients) measurement(d time.Duration) *measurement {
+	g.done.Wait()
 	return &measurement{
-		latencies: map[string]Latencies{"good-client latency": lat},
+		latencies: map[string]Latencies{"good-client latency": g.latencies},
 		serverKey: "GET pods",
-		values:    append(values, f.values(p.FloodDuration)...),
-	}, nil
+		values: []namedValue{
+			{"good-client goodput", "req/s", float64(g.good.Load()) / d.Seconds()},
+			{"good-client failures", "count", float64(g.bad.Load())},
+		},
+	}
+}
+
+// stormGiveUp bounds how long a storm client keeps trying.
+const stormGiveUp = 60 * time.Second
+
+// stormScenario is a reconnect storm: p.StormClients clients, as kubelets
+// after a failover, each open a new TLS connection with a client
+// certificate at the same moment and GET their Node, retrying with backoff
+// until served, while the well-behaved clients run on connections they
+// already had.
+func stormScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
+	tlsConfig, err := rest.TLSConfigFor(s.cfg)
+	if err != nil {
+		return nil, err
+	}
+	goodCtx, stopGood := context.WithCancel(ctx)
+	defer stopGood()
+	good, err := startGoodClients(goodCtx, s, p)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		mu       sync.Mutex
+		served   Latencies
+		retries  atomic.Int64
+		unserved atomic.Int64
+		storm    sync.WaitGroup
+	)
+	start := time.Now()
+	for i := range p.StormClients {
+		storm.Add(1)
+		go func() {
+			defer storm.Done()
+			transport := &http.Transport{TLSClientConfig: tlsConfig.Clone(), ForceAttemptHTTP2: true, TLSHandshakeTimeout: 10 * time.Second}
+			defer transport.CloseIdleConnections()
+			client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
+			for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
+				if err := getOK(ctx, client, s.url+"/api/v1/nodes/"+nodeName(i%p.Nodes)); err == nil {
+					mu.Lock()
+					served = append(served, time.Since(start))
+					mu.Unlock()
+					return
+				}
+				if ctx.Err() != nil || time.Since(start) > stormGiveUp {
+					unserved.Add(1)
+					return
+				}
+				retries.Add(1)
+				time.Sleep(backoff/2 + rand.N(backoff/2))
+			}
+		}()
+	}
+	storm.Wait()
+	elapsed := time.Since(start)
+	stopGood()
+	m := good.measurement(elapsed)
+	m.latencies["storm client served after"] = served
+	m.values = append(m.values,
+		namedValue{"storm clients served", "count", float64(len(served))},
+		namedValue{"storm clients not served in 60 s", "count", float64(unserved.Load())},
+		namedValue{"storm retries", "count", float64(retries.Load())},
+		namedValue{"storm duration", "s", elapsed.Seconds()},
+	)
+	return m, nil
+}
+
+func getOK(ctx context.Context, client *http.Client, url string) error {
+	resp, err := get(ctx, client, url, protobufAccept, "bench-storm/1.0")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return nil
 }

@@ -53,6 +53,7 @@ func main() {
 	flag.DurationVar(&p.FloodDuration, "flood-duration", 20*time.Second, "duration of the flood scenario")
 	flag.IntVar(&p.FloodConcurrency, "flood-concurrency", 8, "concurrent LISTs of the flooding client")
 	flag.IntVar(&p.GoodClients, "good-clients", 4, "well-behaved clients during the flood (10 req/s each)")
+	flag.IntVar(&p.StormClients, "storm-clients", 3000, "clients of the reconnect storm, each on a new TLS connection")
 	flag.IntVar(&p.RestartWatchers, "restart-watchers", 1000, "kubelet-style watchers of the restart scenario (at most one per node)")
 	flag.Parse()
 	// Thousands of reflectors log every retry; the table is the output.

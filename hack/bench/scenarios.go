@@ -33,6 +33,7 @@ type Params struct {
 	FloodConcurrency  int
 	GoodClients       int
 	RestartWatchers   int
+	StormClients      int
 }
 
 // measurement is what one scenario measured on one server.
@@ -94,6 +95,7 @@ func scenarios(p Params) []scenario {
 			return heartbeatScenario(ctx, s, p, true)
 		}},
 		scenario{name: "flood", run: floodScenario},
+		scenario{name: "reconnect storm", run: stormScenario},
 		scenario{name: "cost: flooder LISTs", run: costScenario(asFlooder, floodUserAgent)},
 		scenario{name: "cost: failed authentication", run: costScenario(withBadToken, goodUserAgent)},
 		scenario{name: "restart", run: restartScenario},

@@ -77,7 +77,7 @@ var (
 	overloadSchedulerLatency = metrics.NewGauge(&metrics.GaugeOpts{
 		Namespace:      namespace,
 		Name:           "overload_scheduler_latency_p99_seconds",
-		Help:           "99th percentile over the last second of the time runnable goroutines waited for a CPU: the CPU-saturation signal of overload shedding.",
+		Help:           "The CPU-saturation signal of overload shedding: the 99th percentile of the time runnable goroutines waited for a CPU, per second, at its lowest over the last 3 seconds.",
 		StabilityLevel: metrics.ALPHA,
 	})
 

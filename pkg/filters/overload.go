@@ -5,6 +5,7 @@ import (
 	"math"
 	"net/http"
 	"runtime/metrics"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -18,10 +19,17 @@ const (
 	loadHard
 )
 
-// schedulerSampleInterval is how often the scheduler-latency signal is
-// recomputed: often enough to react within a second or two, rarely enough
-// that reading runtime/metrics costs nothing measurable.
-const schedulerSampleInterval = time.Second
+const (
+	// schedulerSampleInterval is how often the scheduler-latency signal is
+	// recomputed: often enough to react within seconds, rarely enough that
+	// reading runtime/metrics costs nothing measurable.
+	schedulerSampleInterval = time.Second
+	// schedulerSustainedSamples is how many intervals in a row the p99 must
+	// stay above a threshold before it counts: a single garbage collection
+	// of a large heap, or one burst of LISTs, lifts one interval's p99 past
+	// 100 ms on a server that is coping (docs/filters.md has the numbers).
+	schedulerSustainedSamples = 3
+)
 
 // OverloadConfig are the two thresholds of each load signal; 0 turns a
 // threshold off.
@@ -30,10 +38,11 @@ type OverloadConfig struct {
 	// from before authentication to the response: those APF runs plus
 	// those it queues.
 	SoftInflight, HardInflight int64
-	// SchedulerLatency is the 99th percentile, over the last second, of
-	// the time runnable goroutines wait for a CPU (runtime/metrics
-	// /sched/latencies:seconds). It rises steeply only when the process is
-	// short of CPU, whatever the cause, and is near zero otherwise.
+	// SchedulerLatency is the 99th percentile, per second, of the time
+	// runnable goroutines wait for a CPU (runtime/metrics
+	// /sched/latencies:seconds), above the threshold for 3 seconds in a
+	// row. It stays high only while the process is short of CPU, whatever
+	// the cause, and is a few milliseconds otherwise.
 	SoftSchedulerLatency, HardSchedulerLatency time.Duration
 }
 
@@ -45,7 +54,8 @@ type OverloadConfig struct {
 type OverloadShedder struct {
 	config           OverloadConfig
 	inflight         atomic.Int64
-	schedulerLatency atomic.Int64 // nanoseconds, p99 of the last interval
+	schedulerLatency atomic.Int64 // nanoseconds: the lowest p99 of the last schedulerSustainedSamples intervals
+	recent           []float64    // the p99 of the last intervals, newest last; Run's alone
 }
 
 // NewOverloadShedder returns a shedder; Run feeds its scheduler signal.
@@ -65,9 +75,7 @@ func (s *OverloadShedder) Run(ctx context.Context) {
 		h := sample[0].Value.Float64Histogram()
 		cur := &metrics.Float64Histogram{Counts: append([]uint64(nil), h.Counts...), Buckets: h.Buckets}
 		if prev != nil {
-			p99 := quantileOfDelta(prev, cur, 0.99)
-			s.schedulerLatency.Store(int64(p99 * float64(time.Second)))
-			overloadSchedulerLatency.Set(p99)
+			s.observe(quantileOfDelta(prev, cur, 0.99))
 		}
 		prev = cur
 		select {
@@ -75,6 +83,19 @@ func (s *OverloadShedder) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// observe takes the scheduler latency p99 of one interval.
+func (s *OverloadShedder) observe(p99 float64) {
+	s.recent = append(s.recent, p99)
+	if len(s.recent) > schedulerSustainedSamples {
+		s.recent = s.recent[1:]
+	}
+	if len(s.recent) == schedulerSustainedSamples {
+		sustained := slices.Min(s.recent)
+		s.schedulerLatency.Store(int64(sustained * float64(time.Second)))
+		overloadSchedulerLatency.Set(sustained)
 	}
 }
 

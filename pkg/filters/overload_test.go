@@ -39,6 +39,28 @@ func TestOverloadLevel(t *testing.T) {
 	}
 }
 
+func TestSchedulerLatencyMustBeSustained(t *testing.T) {
+	s := NewOverloadShedder(OverloadConfig{SoftSchedulerLatency: 50 * time.Millisecond})
+	for i, tt := range []struct {
+		p99  float64
+		want int
+	}{
+		{0.2, loadNormal}, // one interval is not sustained
+		{0.2, loadNormal},
+		{0.005, loadNormal}, // a garbage collection's spike, then calm
+		{0.1, loadNormal},
+		{0.06, loadNormal},
+		{0.08, loadSoft}, // three intervals in a row above 50 ms
+		{0.3, loadSoft},
+		{0.01, loadNormal},
+	} {
+		s.observe(tt.p99)
+		if got := s.level(0); got != tt.want {
+			t.Errorf("interval %d (p99 %vs): level %d, want %d", i, tt.p99, got, tt.want)
+		}
+	}
+}
+
 func TestQuantileOfDelta(t *testing.T) {
 	buckets := []float64{0, 0.001, 0.01, 0.1, 1}
 	prev := &metrics.Float64Histogram{Buckets: buckets, Counts: []uint64{5, 5, 5, 5}}

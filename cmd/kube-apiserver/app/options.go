@@ -18,8 +18,8 @@ const flagSectionName = "bulwark"
 const (
 	defaultSoftInflight         = 2000
 	defaultHardInflight         = 4000
-	defaultSoftSchedulerLatency = 50 * time.Millisecond
-	defaultHardSchedulerLatency = 200 * time.Millisecond
+	defaultSoftSchedulerLatency = 250 * time.Millisecond
+	defaultHardSchedulerLatency = time.Second
 )
 
 // Options are Bulwark's own flags.
