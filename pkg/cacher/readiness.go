@@ -1,5 +1,7 @@
-// Package cacher is Bulwark's layer over upstream's watch cache. So far it
-// holds the readiness registry: which resources' watch caches are filled.
+// Package cacher is Bulwark's layer over upstream's watch cache: storage
+// decorators, installed through the RESTOptionsGetters of every server, that
+// add label indexes to the watch caches (LabelIndexes) and record which
+// resources' watch caches are filled (Readiness).
 package cacher
 
 import (
@@ -82,19 +84,21 @@ func (r *Readiness) Decorate(decorate generic.StorageDecorator) generic.StorageD
 
 // RESTOptionsGetter returns getter with every resource's decorator wrapped by Decorate.
 func (r *Readiness) RESTOptionsGetter(getter generic.RESTOptionsGetter) generic.RESTOptionsGetter {
-	return &readinessGetter{getter: getter, readiness: r}
+	return decoratingGetter{getter: getter, decorate: r.Decorate}
 }
 
-type readinessGetter struct {
-	getter    generic.RESTOptionsGetter
-	readiness *Readiness
+// decoratingGetter wraps the storage decorator of every resource a getter
+// gives options for.
+type decoratingGetter struct {
+	getter   generic.RESTOptionsGetter
+	decorate func(generic.StorageDecorator) generic.StorageDecorator
 }
 
-func (g *readinessGetter) GetRESTOptions(resource schema.GroupResource, example runtime.Object) (generic.RESTOptions, error) {
+func (g decoratingGetter) GetRESTOptions(resource schema.GroupResource, example runtime.Object) (generic.RESTOptions, error) {
 	opts, err := g.getter.GetRESTOptions(resource, example)
 	if err != nil {
 		return opts, err
 	}
-	opts.Decorator = g.readiness.Decorate(opts.Decorator)
+	opts.Decorator = g.decorate(opts.Decorator)
 	return opts, nil
 }

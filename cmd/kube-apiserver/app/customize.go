@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 
 	"k8s.io/apiserver/pkg/registry/generic"
@@ -33,6 +34,7 @@ type additions struct {
 	shedder *filters.OverloadShedder
 	// maxHandshakes is 0 when TLS handshakes are not bounded.
 	maxHandshakes int
+	labelIndexes  cacher.LabelIndexes
 }
 
 // newAdditions builds them from the options; the limiter follows its file
@@ -43,12 +45,15 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 		shedder:       filters.NewOverloadShedder(o.Overload),
 		maxHandshakes: o.MaxConcurrentTLSHandshakes,
 	}
+	var err error
+	if a.labelIndexes, err = cacher.ParseLabelIndexes(o.WatchCacheLabelIndexes); err != nil {
+		return nil, fmt.Errorf("--watch-cache-label-indexes: %w", err)
+	}
 	go a.shedder.Run(ctx)
 	if o.CacheNotReadyGate {
 		a.caches = cacher.NewReadiness()
 	}
 	if o.UserAgentLimitsConfig != "" {
-		var err error
 		if a.limiter, err = filters.NewUserAgentLimiter(o.UserAgentLimitsConfig); err != nil {
 			return nil, err
 		}
@@ -58,19 +63,22 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	return a, nil
 }
 
-// customizeConfig records every resource's storage for the cache-not-ready
-// gate, bounds the TLS handshakes of the secure port, and puts Bulwark's
+// customizeConfig adds label indexes to the watch caches, records every
+// resource's storage for the cache-not-ready gate, bounds the TLS handshakes of the secure port, and puts Bulwark's
 // filters around upstream's handler chain. Only the aggregator's chain sees
 // requests: it is the outermost server, and the servers it delegates to are
 // called without their own filters.
 func (a *additions) customizeConfig(config *upstream.Config) {
-	if a.caches != nil {
-		for _, getter := range []*generic.RESTOptionsGetter{
-			&config.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter,
-			&config.ApiExtensions.GenericConfig.RESTOptionsGetter,
-			&config.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter,
-			&config.Aggregator.GenericConfig.RESTOptionsGetter,
-		} {
+	for _, getter := range []*generic.RESTOptionsGetter{
+		&config.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter,
+		&config.ApiExtensions.GenericConfig.RESTOptionsGetter,
+		&config.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter,
+		&config.Aggregator.GenericConfig.RESTOptionsGetter,
+	} {
+		if len(a.labelIndexes) > 0 {
+			*getter = a.labelIndexes.RESTOptionsGetter(*getter)
+		}
+		if a.caches != nil {
 			*getter = a.caches.RESTOptionsGetter(*getter)
 		}
 	}

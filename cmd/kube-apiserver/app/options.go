@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/bulwark-k8s/bulwark/pkg/cacher"
 	"github.com/bulwark-k8s/bulwark/pkg/embeddedetcd"
 	"github.com/bulwark-k8s/bulwark/pkg/filters"
 )
@@ -34,6 +35,8 @@ type Options struct {
 	// MaxConcurrentTLSHandshakes bounds the TLS handshakes in progress; 0
 	// does not bound them.
 	MaxConcurrentTLSHandshakes int
+	// WatchCacheLabelIndexes are resource:label-key pairs the watch caches index.
+	WatchCacheLabelIndexes []string
 }
 
 // NewOptions returns the defaults.
@@ -51,6 +54,7 @@ func NewOptions() *Options {
 		// network; few enough that a reconnect storm's handshakes get a small
 		// share of the CPU beside the requests being served.
 		MaxConcurrentTLSHandshakes: 4 * runtime.GOMAXPROCS(0),
+		WatchCacheLabelIndexes:     cacher.DefaultLabelIndexes,
 	}
 }
 
@@ -82,6 +86,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.MaxConcurrentTLSHandshakes, "max-concurrent-tls-handshakes", o.MaxConcurrentTLSHandshakes,
 		"TLS handshakes the secure port runs at once (default: 4 per CPU); a connection that waits more than 5s for its turn is closed, "+
 			"so that a reconnect storm cannot take the CPU from the requests being served. 0 does not bound them.")
+	fs.StringSliceVar(&o.WatchCacheLabelIndexes, "watch-cache-label-indexes", o.WatchCacheLabelIndexes,
+		"Labels the watch cache indexes, as resource[.group]:label-key (e.g. pods:app, deployments.apps:app.kubernetes.io/name). "+
+			"A LIST whose label selector requires one value of an indexed label reads only the objects with that value. Empty: no label indexes.")
 	fs.DurationVar(&e.StartTimeout, "embedded-etcd-start-timeout", e.StartTimeout,
 		"How long to wait for the embedded etcd to serve before giving up.")
 }
