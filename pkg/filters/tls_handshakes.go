@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -72,19 +73,16 @@ type handshakeLimitConn struct {
 	net.Conn
 	guard *handshakeLimitListener
 
+	started atomic.Bool // the first bytes arrived: every later read is plain
+
 	mu      sync.Mutex
-	started bool        // the first bytes arrived
 	holding bool        // holds a slot now
 	expiry  *time.Timer // frees the slot after maxHold
 }
 
 func (c *handshakeLimitConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	c.mu.Lock()
-	first := !c.started && n > 0
-	c.started = c.started || n > 0
-	c.mu.Unlock()
-	if first && !c.acquire() {
+	if n > 0 && !c.started.Load() && c.started.CompareAndSwap(false, true) && !c.acquire() {
 		tlsHandshakesRejected.Inc()
 		c.Conn.Close()
 		return 0, errNoHandshakeSlot
