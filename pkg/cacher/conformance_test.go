@@ -1,0 +1,114 @@
+package cacher
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apiserver/pkg/apis/example"
+	examplev1 "k8s.io/apiserver/pkg/apis/example/v1"
+	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
+	"k8s.io/apiserver/pkg/storage"
+	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
+	etcd3testing "k8s.io/apiserver/pkg/storage/etcd3/testing"
+	storagetesting "k8s.io/apiserver/pkg/storage/testing"
+)
+
+// newConformanceStorage builds the storage the apiserver builds for a
+// resource with label indexes — upstream's StorageWithCacher (etcd3 storage,
+// watch cache, cache delegator) over a real etcd, decorated by LabelIndexes —
+// for upstream's example Pods, the type upstream's storage tests use.
+func newConformanceStorage(t *testing.T) (storage.Interface, storagetesting.IncreaseRVFunc) {
+	scheme := runtime.NewScheme()
+	metav1.AddToGroupVersion(scheme, metav1.SchemeGroupVersion)
+	utilruntime.Must(example.AddToScheme(scheme))
+	utilruntime.Must(examplev1.AddToScheme(scheme))
+	pb := protobuf.NewSerializer(scheme, scheme)
+	codec := serializer.NewCodecFactory(scheme).CodecForVersions(pb, pb, schema.GroupVersions{examplev1.SchemeGroupVersion}, nil)
+
+	server, config := etcd3testing.NewUnsecuredEtcd3TestClientServer(t)
+	t.Cleanup(func() { server.Terminate(t) })
+	config.Codec = codec
+	gr := schema.GroupResource{Resource: "pods"}
+	decorate := LabelIndexes{gr: {"foo", "app"}}.Decorate(genericregistry.StorageWithCacher())
+	const prefix = "/pods/"
+	resourceConfig := config.ForResource(gr)
+	resourceConfig.EventsHistoryWindow = cacherstorage.DefaultEventFreshDuration
+	s, destroy, err := decorate(resourceConfig, prefix,
+		func(obj runtime.Object) (string, error) { return storage.NamespaceKeyFunc(prefix, obj) },
+		func() runtime.Object { return &example.Pod{} },
+		func() runtime.Object { return &example.PodList{} },
+		examplePodAttrs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(destroy)
+	if _, ok := s.(*labelIndexedStorage); !ok {
+		t.Fatalf("storage %T is not label-indexed", s)
+	}
+	// The tests expect a storage that serves; the cache fills first.
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return s.ReadinessCheck() == nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	increaseRV := func(ctx context.Context, t *testing.T) int64 {
+		resp, err := server.V3Client.KV.Put(ctx, "increaseRV", "ok")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	return s, increaseRV
+}
+
+func examplePodAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
+	pod := obj.(*example.Pod)
+	return labels.Set(pod.Labels), fields.Set{
+		"metadata.name":      pod.Name,
+		"metadata.namespace": pod.Namespace,
+		"spec.nodeName":      pod.Spec.NodeName,
+		"spec.restartPolicy": string(pod.Spec.RestartPolicy),
+		"status.phase":       string(pod.Status.Phase),
+	}, nil
+}
+
+// TestStorageConformance runs upstream's storage.Interface tests for reads
+// on the label-indexed storage: the decorator must keep the contract.
+func TestStorageConformance(t *testing.T) {
+	ctx := context.Background()
+	for name, run := range map[string]func(*testing.T, storage.Interface, storagetesting.IncreaseRVFunc){
+		"ListPaging": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
+			storagetesting.RunTestListPaging(ctx, t, s)
+		},
+		"NamespaceScopedList": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
+			storagetesting.RunTestNamespaceScopedList(ctx, t, s)
+		},
+		"GetListRecursivePrefix": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
+			storagetesting.RunTestGetListRecursivePrefix(ctx, t, s)
+		},
+		"GetListNonRecursive": func(t *testing.T, s storage.Interface, rv storagetesting.IncreaseRVFunc) {
+			storagetesting.RunTestGetListNonRecursive(ctx, t, rv, s)
+		},
+		"ConsistentList": func(t *testing.T, s storage.Interface, rv storagetesting.IncreaseRVFunc) {
+			storagetesting.RunTestConsistentList(ctx, t, s, rv, true, true, true)
+		},
+		"Get": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
+			storagetesting.RunTestGet(ctx, t, s)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, increaseRV := newConformanceStorage(t)
+			run(t, s, increaseRV)
+		})
+	}
+}
