@@ -18,7 +18,7 @@ import (
 //
 // Watches and other long-running requests are not counted: their clients
 // end them as a matter of course.
-func WithAbandonedRequests(handler http.Handler, resolver request.RequestInfoResolver, longRunning request.LongRunningRequestCheck) http.Handler {
+func WithAbandonedRequests(handler http.Handler, longRunning request.LongRunningRequestCheck) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Deferred: upstream ends a response whose client is gone by
 		// panicking with http.ErrAbortHandler, which net/http recovers.
@@ -26,8 +26,8 @@ func WithAbandonedRequests(handler http.Handler, resolver request.RequestInfoRes
 			if !errors.Is(r.Context().Err(), context.Canceled) {
 				return
 			}
-			info, err := resolver.NewRequestInfo(r)
-			if err != nil || (longRunning != nil && longRunning(r, info)) {
+			info, ok := request.RequestInfoFrom(r.Context())
+			if !ok || (longRunning != nil && longRunning(r, info)) {
 				return
 			}
 			verb, resource := info.Verb, info.Resource

@@ -46,7 +46,7 @@ func TestWithAbandonedRequests(t *testing.T) {
 						t.Fatalf("unexpected panic %v", r)
 					}
 				}()
-				WithAbandonedRequests(inner, requestInfoResolver, longRunning).ServeHTTP(httptest.NewRecorder(), req)
+				withRequestInfo(WithAbandonedRequests(inner, longRunning)).ServeHTTP(httptest.NewRecorder(), req)
 			}()
 			cancel()
 			got, err := testutil.GetCounterMetricValue(abandonedRequests.WithLabelValues(tt.labels...))

@@ -26,15 +26,15 @@ type CacheReadiness interface {
 // 429 with Retry-After spreads them out instead. Single-object GETs pass, as
 // do the apiserver's own requests (its loopback client, recognised by its
 // token, which no other client has), health checks, metrics and heartbeats.
-func WithCacheNotReadyGate(handler http.Handler, caches CacheReadiness, resolver request.RequestInfoResolver, loopbackToken string) http.Handler {
+func WithCacheNotReadyGate(handler http.Handler, caches CacheReadiness, loopbackToken string) http.Handler {
 	isLoopback := loopbackCheck(loopbackToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if exempt(r) || isLoopback(r) {
 			handler.ServeHTTP(w, r)
 			return
 		}
-		info, err := resolver.NewRequestInfo(r)
-		if err != nil || !info.IsResourceRequest || (info.Verb != "list" && info.Verb != "watch") {
+		info, ok := request.RequestInfoFrom(r.Context())
+		if !ok || !info.IsResourceRequest || (info.Verb != "list" && info.Verb != "watch") {
 			handler.ServeHTTP(w, r)
 			return
 		}

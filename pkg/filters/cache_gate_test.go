@@ -22,7 +22,7 @@ func TestWithCacheNotReadyGate(t *testing.T) {
 		{Group: "apps", Resource: "deployments"}:           false,
 		{Group: "coordination.k8s.io", Resource: "leases"}: false,
 	}
-	h := WithCacheNotReadyGate(okHandler, caches, requestInfoResolver, "loopback-secret")
+	h := withRequestInfo(WithCacheNotReadyGate(okHandler, caches, "loopback-secret"))
 	tests := []struct {
 		name, method, target, auth string
 		want                       int

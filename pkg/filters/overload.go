@@ -140,7 +140,7 @@ func (s *OverloadShedder) level(inflight int64) int {
 // WithOverloadShedding rejects new requests while the apiserver is
 // overloaded. Health checks, metrics, heartbeats and the apiserver's own
 // loopback requests are never shed.
-func WithOverloadShedding(handler http.Handler, s *OverloadShedder, resolver request.RequestInfoResolver, longRunning request.LongRunningRequestCheck, loopbackToken string) http.Handler {
+func WithOverloadShedding(handler http.Handler, s *OverloadShedder, longRunning request.LongRunningRequestCheck, loopbackToken string) http.Handler {
 	isLoopback := loopbackCheck(loopbackToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if exempt(r) || isLoopback(r) {
@@ -148,7 +148,7 @@ func WithOverloadShedding(handler http.Handler, s *OverloadShedder, resolver req
 			return
 		}
 		counted := true
-		if info, err := resolver.NewRequestInfo(r); err == nil && longRunning != nil && longRunning(r, info) {
+		if info, ok := request.RequestInfoFrom(r.Context()); ok && longRunning != nil && longRunning(r, info) {
 			counted = false
 		}
 		inflight := s.inflight.Load()

@@ -86,7 +86,7 @@ func TestWithOverloadShedding(t *testing.T) {
 			<-release
 		}
 	})
-	h := WithOverloadShedding(inner, s, requestInfoResolver, longRunning, "loopback-secret")
+	h := withRequestInfo(WithOverloadShedding(inner, s, longRunning, "loopback-secret"))
 	do := func(target, auth string) *httptest.ResponseRecorder {
 		req := httptest.NewRequest("GET", target, nil)
 		if auth != "" {

@@ -175,16 +175,16 @@ func (l *UserAgentLimiter) Status() UserAgentLimitsStatus {
 
 // WithUserAgentLimits rejects, with 429 and Retry-After, the requests that
 // a rule of limiter throttles or blocks. It runs before authentication;
-// the verb, resource and namespace come from resolver, from the URL alone.
-func WithUserAgentLimits(handler http.Handler, limiter *UserAgentLimiter, resolver request.RequestInfoResolver) http.Handler {
+// the verb, resource and namespace come from the request's RequestInfo,
+// parsed from the URL alone.
+func WithUserAgentLimits(handler http.Handler, limiter *UserAgentLimiter) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if exempt(r) {
 			handler.ServeHTTP(w, r)
 			return
 		}
-		info, err := resolver.NewRequestInfo(r)
-		if err != nil {
-			// Upstream's chain answers a request it cannot parse.
+		info, ok := request.RequestInfoFrom(r.Context())
+		if !ok {
 			handler.ServeHTTP(w, r)
 			return
 		}

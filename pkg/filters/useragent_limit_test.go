@@ -11,12 +11,19 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
+	genericapifilters "k8s.io/apiserver/pkg/endpoints/filters"
 	"k8s.io/apiserver/pkg/endpoints/request"
 )
 
 var requestInfoResolver = &request.RequestInfoFactory{
 	APIPrefixes:          sets.NewString("api", "apis"),
 	GrouplessAPIPrefixes: sets.NewString("api"),
+}
+
+// withRequestInfo puts upstream's RequestInfo filter around h, as
+// cmd/kube-apiserver puts it around Bulwark's filters.
+func withRequestInfo(h http.Handler) http.Handler {
+	return genericapifilters.WithRequestInfo(h, requestInfoResolver)
 }
 
 func writeConfig(t *testing.T, path, content string) {
@@ -49,7 +56,7 @@ var okHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { 
 
 func TestWithUserAgentLimits(t *testing.T) {
 	limiter, _ := newLimiter(t, validConfig)
-	h := WithUserAgentLimits(okHandler, limiter, requestInfoResolver)
+	h := withRequestInfo(WithUserAgentLimits(okHandler, limiter))
 	tests := []struct {
 		name, method, target, userAgent string
 		want                            int
@@ -76,7 +83,7 @@ func TestWithUserAgentLimits(t *testing.T) {
 
 func TestRejectionIsAStatusWithRetryAfter(t *testing.T) {
 	limiter, _ := newLimiter(t, validConfig)
-	rec := serve(WithUserAgentLimits(okHandler, limiter, requestInfoResolver), "GET", "/api/v1/pods", "flooder/1.0")
+	rec := serve(withRequestInfo(WithUserAgentLimits(okHandler, limiter)), "GET", "/api/v1/pods", "flooder/1.0")
 	if got := rec.Header().Get("Retry-After"); got != "30" {
 		t.Errorf("Retry-After = %q, want 30", got)
 	}
@@ -91,7 +98,7 @@ func TestRejectionIsAStatusWithRetryAfter(t *testing.T) {
 
 func TestPerUserAgentBuckets(t *testing.T) {
 	limiter, _ := newLimiter(t, validConfig)
-	h := WithUserAgentLimits(okHandler, limiter, requestInfoResolver)
+	h := withRequestInfo(WithUserAgentLimits(okHandler, limiter))
 	count := func(userAgent string) (ok int) {
 		for range 20 {
 			if serve(h, "GET", "/api/v1/pods", userAgent).Code == http.StatusOK {
@@ -111,7 +118,7 @@ func TestPerUserAgentBuckets(t *testing.T) {
 
 func TestReload(t *testing.T) {
 	limiter, path := newLimiter(t, validConfig)
-	h := WithUserAgentLimits(okHandler, limiter, requestInfoResolver)
+	h := withRequestInfo(WithUserAgentLimits(okHandler, limiter))
 	blocked := func() bool { return serve(h, "GET", "/api/v1/pods", "flooder/1.0").Code == http.StatusTooManyRequests }
 	if !blocked() {
 		t.Fatal("flooder not blocked by the initial config")

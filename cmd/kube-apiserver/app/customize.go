@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 
+	genericapifilters "k8s.io/apiserver/pkg/endpoints/filters"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/mux"
@@ -91,15 +92,18 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		// Innermost first: what is added last runs first.
 		handler := buildUpstream(apiHandler, c)
 		if a.caches != nil {
-			handler = filters.WithCacheNotReadyGate(handler, a.caches, c.RequestInfoResolver, c.LoopbackClientConfig.BearerToken)
+			handler = filters.WithCacheNotReadyGate(handler, a.caches, c.LoopbackClientConfig.BearerToken)
 		}
 		if a.limiter != nil {
-			handler = filters.WithUserAgentLimits(handler, a.limiter, c.RequestInfoResolver)
+			handler = filters.WithUserAgentLimits(handler, a.limiter)
 		}
-		handler = filters.WithOverloadShedding(handler, a.shedder, c.RequestInfoResolver, c.LongRunningFunc, c.LoopbackClientConfig.BearerToken)
+		handler = filters.WithOverloadShedding(handler, a.shedder, c.LongRunningFunc, c.LoopbackClientConfig.BearerToken)
 		handler = filters.WithTopTalkers(handler, a.talkers)
-		handler = filters.WithAbandonedRequests(handler, c.RequestInfoResolver, c.LongRunningFunc)
-		return filters.WithHeartbeatLatency(handler)
+		handler = filters.WithAbandonedRequests(handler, c.LongRunningFunc)
+		handler = filters.WithHeartbeatLatency(handler)
+		// Parsed once for all of Bulwark's filters; upstream's chain parses
+		// it again, as it always does.
+		return genericapifilters.WithRequestInfo(handler, c.RequestInfoResolver)
 	}
 }
 
