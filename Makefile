@@ -42,6 +42,14 @@ etcd: ## Build etcd from the module graph (the version upstream's client uses).
 .PHONY: binaries
 binaries: build upstream etcd
 
+ENVTEST_ASSETS ?= _output/envtest
+
+.PHONY: envtest-assets
+envtest-assets: build etcd ## kube-apiserver and etcd (and kubectl, if built) in one directory, for KUBEBUILDER_ASSETS.
+	mkdir -p $(ENVTEST_ASSETS)
+	cp $(BIN)/kube-apiserver $(BIN)/etcd $(ENVTEST_ASSETS)/
+	if [ -x $(BIN)/kubectl ]; then cp $(BIN)/kubectl $(ENVTEST_ASSETS)/; fi
+
 .PHONY: run
 run: build ## Start a local apiserver with embedded etcd; writes _output/local/admin.kubeconfig.
 	hack/local-up.sh
@@ -56,8 +64,8 @@ test-unit:
 # Integration tests start real etcd and apiserver processes: one package at
 # a time, so two apiservers never compete for the two cores of a CI machine.
 .PHONY: test-integration
-test-integration: binaries
-	BULWARK_BIN_DIR=$(CURDIR)/$(BIN) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
+test-integration: binaries envtest-assets
+	BULWARK_BIN_DIR=$(CURDIR)/$(BIN) BULWARK_ENVTEST_ASSETS=$(CURDIR)/$(ENVTEST_ASSETS) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
 
 FUZZTIME ?= 1m
 

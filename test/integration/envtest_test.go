@@ -16,12 +16,11 @@ import (
 )
 
 // TestEnvtest runs controller-runtime's envtest on our binary, as a
-// controller project's test suite would: envtest probes --help, passes its
-// own default flags, installs a CRD, and the test round-trips an object.
+// controller project's test suite would, with KUBEBUILDER_ASSETS pointing at
+// what `make envtest-assets` made: envtest probes --help, passes its own
+// default flags, installs a CRD, and the test round-trips an object.
 func TestEnvtest(t *testing.T) {
-	bins := framework.Bins(t)
-	t.Setenv("TEST_ASSET_KUBE_APISERVER", bins.APIServer)
-	t.Setenv("TEST_ASSET_ETCD", bins.Etcd)
+	t.Setenv("KUBEBUILDER_ASSETS", framework.Bins(t).EnvtestAssets)
 
 	gvk := schema.GroupVersionKind{Group: "bulwark.test", Version: "v1", Kind: "Widget"}
 	env := &envtest.Environment{

@@ -14,9 +14,13 @@ type Binaries struct {
 	Upstream string
 	// Etcd is etcd built from the same module graph.
 	Etcd string
+	// EnvtestAssets is what `make envtest-assets` made: a directory for
+	// envtest's KUBEBUILDER_ASSETS.
+	EnvtestAssets string
 }
 
-// Bins returns the binaries in BULWARK_BIN_DIR and fails the test if any is missing.
+// Bins returns the binaries in BULWARK_BIN_DIR, and the envtest assets in
+// BULWARK_ENVTEST_ASSETS, and fails the test if any is missing.
 func Bins(t testing.TB) Binaries {
 	t.Helper()
 	dir := os.Getenv("BULWARK_BIN_DIR")
@@ -24,11 +28,12 @@ func Bins(t testing.TB) Binaries {
 		t.Fatal("BULWARK_BIN_DIR is not set: run integration tests with `make test-integration`")
 	}
 	b := Binaries{
-		APIServer: filepath.Join(dir, "kube-apiserver"),
-		Upstream:  filepath.Join(dir, "kube-apiserver-upstream"),
-		Etcd:      filepath.Join(dir, "etcd"),
+		APIServer:     filepath.Join(dir, "kube-apiserver"),
+		Upstream:      filepath.Join(dir, "kube-apiserver-upstream"),
+		Etcd:          filepath.Join(dir, "etcd"),
+		EnvtestAssets: os.Getenv("BULWARK_ENVTEST_ASSETS"),
 	}
-	for _, p := range []string{b.APIServer, b.Upstream, b.Etcd} {
+	for _, p := range []string{b.APIServer, b.Upstream, b.Etcd, filepath.Join(b.EnvtestAssets, "kube-apiserver"), filepath.Join(b.EnvtestAssets, "etcd")} {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("missing binary (build with `make binaries`): %v", err)
 		}
