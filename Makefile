@@ -70,9 +70,10 @@ test-integration: binaries envtest-assets
 FUZZTIME ?= 1m
 
 .PHONY: fuzz
-fuzz: ## Fuzz the heartbeat classifier and the User-Agent limits parser.
+fuzz: ## Fuzz the heartbeat classifier, the User-Agent limits parser and the filter chain.
 	go test ./pkg/heartbeat -run '^$$' -fuzz FuzzClassify -fuzztime $(FUZZTIME)
 	go test ./pkg/filters -run '^$$' -fuzz FuzzParseUserAgentLimits -fuzztime $(FUZZTIME)
+	go test ./pkg/filters -run '^$$' -fuzz FuzzChain -fuzztime $(FUZZTIME)
 
 .PHONY: update-kube-version
 update-kube-version: ## Move to another Kubernetes release: make update-kube-version KUBE=1.37.3

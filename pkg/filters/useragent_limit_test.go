@@ -26,14 +26,14 @@ func withRequestInfo(h http.Handler) http.Handler {
 	return genericapifilters.WithRequestInfo(h, requestInfoResolver)
 }
 
-func writeConfig(t *testing.T, path, content string) {
+func writeConfig(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func newLimiter(t *testing.T, content string) (*UserAgentLimiter, string) {
+func newLimiter(t testing.TB, content string) (*UserAgentLimiter, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "limits.yaml")
 	writeConfig(t, path, content)

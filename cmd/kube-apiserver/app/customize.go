@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 
-	genericapifilters "k8s.io/apiserver/pkg/endpoints/filters"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/mux"
@@ -65,10 +64,11 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 }
 
 // customizeConfig adds label indexes to the watch caches, records every
-// resource's storage for the cache-not-ready gate, bounds the TLS handshakes of the secure port, and puts Bulwark's
-// filters around upstream's handler chain. Only the aggregator's chain sees
-// requests: it is the outermost server, and the servers it delegates to are
-// called without their own filters.
+// resource's storage for the cache-not-ready gate, bounds the TLS handshakes
+// of the secure port, and puts Bulwark's filters around upstream's handler
+// chain. Only the aggregator's chain sees requests: it is the outermost
+// server, and the servers it delegates to are called without their own
+// filters.
 func (a *additions) customizeConfig(config *upstream.Config) {
 	for _, getter := range []*generic.RESTOptionsGetter{
 		&config.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter,
@@ -89,21 +89,18 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 	}
 	buildUpstream := gc.BuildHandlerChainFunc
 	gc.BuildHandlerChainFunc = func(apiHandler http.Handler, c *genericapiserver.Config) http.Handler {
-		// Innermost first: what is added last runs first.
-		handler := buildUpstream(apiHandler, c)
+		chain := filters.Chain{
+			RequestInfoResolver: c.RequestInfoResolver,
+			LongRunning:         c.LongRunningFunc,
+			LoopbackToken:       c.LoopbackClientConfig.BearerToken,
+			TopTalkers:          a.talkers,
+			Shedder:             a.shedder,
+			Limiter:             a.limiter,
+		}
 		if a.caches != nil {
-			handler = filters.WithCacheNotReadyGate(handler, a.caches, c.LoopbackClientConfig.BearerToken)
+			chain.Caches = a.caches
 		}
-		if a.limiter != nil {
-			handler = filters.WithUserAgentLimits(handler, a.limiter)
-		}
-		handler = filters.WithOverloadShedding(handler, a.shedder, c.LongRunningFunc, c.LoopbackClientConfig.BearerToken)
-		handler = filters.WithTopTalkers(handler, a.talkers)
-		handler = filters.WithAbandonedRequests(handler, c.LongRunningFunc)
-		handler = filters.WithHeartbeatLatency(handler)
-		// Parsed once for all of Bulwark's filters; upstream's chain parses
-		// it again, as it always does.
-		return genericapifilters.WithRequestInfo(handler, c.RequestInfoResolver)
+		return chain.Wrap(buildUpstream(apiHandler, c))
 	}
 }
 
