@@ -5,6 +5,8 @@ import (
 
 	"k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/legacyregistry"
+
+	"github.com/bulwark-k8s/bulwark/pkg/heartbeat"
 )
 
 const namespace = "bulwark"
@@ -100,11 +102,23 @@ var (
 
 // RegisterMetrics registers the filters' metrics, and the top talkers of
 // talkers, with the legacy registry, which serves them on /metrics beside
-// upstream's.
+// upstream's. Call it before anything records a metric: until then,
+// component-base metrics drop what they are given.
 func RegisterMetrics(talkers *TopTalkers) {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected, abandonedRequests,
 			overloadShed, overloadInflight, overloadSchedulerLatency, tlsHandshakesInProgress, tlsHandshakesRejected)
 		legacyregistry.CustomMustRegister(&topTalkersCollector{talkers: talkers})
+		// The series that dashboards and alerts rate() over exist from the
+		// start, at 0, rather than appearing with the first event.
+		for _, level := range []string{"soft", "hard"} {
+			overloadShed.WithLabelValues(level)
+		}
+		for _, kind := range []heartbeat.Kind{heartbeat.NodeLease, heartbeat.NodeStatus, heartbeat.LeaderElection} {
+			heartbeatRequestDuration.WithLabelValues(kind.String())
+		}
+		for _, result := range []string{"success", "failure"} {
+			userAgentConfigReloads.WithLabelValues(result)
+		}
 	})
 }

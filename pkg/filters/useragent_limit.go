@@ -112,6 +112,7 @@ func (l *UserAgentLimiter) load() error {
 func (l *UserAgentLimiter) apply(raw []byte, cfg *UserAgentLimitsConfig, rules []*compiledRule) {
 	next := &limiterState{raw: raw, config: cfg, loadedAt: time.Now()}
 	for _, r := range rules {
+		userAgentRejected.WithLabelValues(r.Name) // at 0 until the rule rejects
 		b := &ruleBuckets{compiledRule: r}
 		if r.Per == PerUserAgent {
 			b.perUA = lru.New(maxBucketsPerRule)

@@ -20,11 +20,17 @@ import (
 // TestCacheNotReadyGate fills etcd with custom objects behind the apiserver's
 // back, so that the watch cache the first request of that resource starts
 // takes a while to fill: meanwhile LISTs get 429, then they succeed.
+//
+// The server then has gated LISTs and User-Agent limits loaded, so it shows
+// every metric the shipped dashboard and alerts query: the test checks that
+// they all exist.
 func TestCacheNotReadyGate(t *testing.T) {
 	const objects = 40000
 	ctx := context.Background()
+	limits := t.TempDir() + "/limits.yaml"
+	writeFile(t, limits, "apiVersion: bulwark.k8s.io/v1alpha1\nkind: UserAgentLimits\nrules:\n- {name: broken-agent, userAgent: '^broken-agent/', qps: 0}\n")
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
-	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd})
+	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{"--user-agent-limits-config=" + limits}})
 
 	gvk := schema.GroupVersionKind{Group: "gate.bulwark.test", Version: "v1", Kind: "Widget"}
 	crds := apiextensionsclient.NewForConfigOrDie(s.Config).ApiextensionsV1().CustomResourceDefinitions()
@@ -69,9 +75,11 @@ func TestCacheNotReadyGate(t *testing.T) {
 	if code, body := call(t, s, "GET", "/apis/gate.bulwark.test/v1/namespaces/default/widgets/w-7", "kubectl", false); code != http.StatusOK {
 		t.Errorf("GET one widget: %d %s", code, body)
 	}
-	if m := metrics(t, s); !strings.Contains(m, `bulwark_cache_not_ready_rejected_requests_total{group="gate.bulwark.test",resource="widgets"}`) {
+	m := metrics(t, s)
+	if !strings.Contains(m, `bulwark_cache_not_ready_rejected_requests_total{group="gate.bulwark.test",resource="widgets"}`) {
 		t.Error("no bulwark_cache_not_ready_rejected_requests_total for widgets on /metrics")
 	}
+	checkMonitoringQueries(t, m)
 }
 
 // seedWidgets writes custom objects straight into etcd, in the JSON the

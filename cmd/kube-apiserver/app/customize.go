@@ -45,6 +45,8 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 		shedder:       filters.NewOverloadShedder(o.Overload),
 		maxHandshakes: o.MaxConcurrentTLSHandshakes,
 	}
+	// First: the limiter's first load and the shedder record metrics.
+	filters.RegisterMetrics(a.talkers)
 	var err error
 	if a.labelIndexes, err = cacher.ParseLabelIndexes(o.WatchCacheLabelIndexes); err != nil {
 		return nil, fmt.Errorf("--watch-cache-label-indexes: %w", err)
@@ -59,7 +61,6 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 		}
 		go a.limiter.Run(ctx)
 	}
-	filters.RegisterMetrics(a.talkers)
 	return a, nil
 }
 
