@@ -43,6 +43,12 @@ etcd: ## Build etcd from the module graph (the version upstream's client uses).
 binaries: build upstream etcd
 
 ENVTEST_ASSETS ?= _output/envtest
+IMAGE_DIR ?= _output/image
+
+.PHONY: image
+image: build ## Container image of kube-apiserver (OCI layout and docker-archive) in _output/image, without a Docker daemon.
+	go run ./hack/image -binary $(BIN)/kube-apiserver -out $(IMAGE_DIR) \
+	  -version $(VERSION) -kube-version $(KUBE_VERSION) -created $(BUILD_DATE)
 
 .PHONY: envtest-assets
 envtest-assets: build etcd ## kube-apiserver and etcd (and kubectl, if built) in one directory, for KUBEBUILDER_ASSETS.
@@ -64,8 +70,8 @@ test-unit:
 # Integration tests start real etcd and apiserver processes: one package at
 # a time, so two apiservers never compete for the two cores of a CI machine.
 .PHONY: test-integration
-test-integration: binaries envtest-assets
-	BULWARK_BIN_DIR=$(CURDIR)/$(BIN) BULWARK_ENVTEST_ASSETS=$(CURDIR)/$(ENVTEST_ASSETS) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
+test-integration: binaries envtest-assets image
+	BULWARK_BIN_DIR=$(CURDIR)/$(BIN) BULWARK_ENVTEST_ASSETS=$(CURDIR)/$(ENVTEST_ASSETS) BULWARK_IMAGE_DIR=$(CURDIR)/$(IMAGE_DIR) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
 
 FUZZTIME ?= 1m
 
