@@ -154,8 +154,11 @@ func WithOverloadShedding(handler http.Handler, s *OverloadShedder, longRunning 
 		inflight := s.inflight.Load()
 		if counted {
 			inflight = s.inflight.Add(1)
-			overloadInflight.Set(float64(inflight))
-			defer func() { overloadInflight.Set(float64(s.inflight.Add(-1))) }()
+			overloadInflight.Inc()
+			defer func() {
+				s.inflight.Add(-1)
+				overloadInflight.Dec()
+			}()
 		}
 		switch s.level(inflight) {
 		case loadNormal:

@@ -87,6 +87,12 @@ func TestOverloadHardThresholdClosesConnections(t *testing.T) {
 	if resp, _ := get(http2); resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
 		t.Fatalf("before the load: %d over HTTP/%d", resp.StatusCode, resp.ProtoMajor)
 	}
+	// The LISTs to stall must reach the store, not the cache-not-ready gate
+	// while the watch cache of 100 MB of ConfigMaps fills.
+	waitUntil(t, time.Minute, "ConfigMaps' watch cache ready", func() bool {
+		code, _ := call(t, s, "GET", "/api/v1/configmaps?limit=1", "test", false)
+		return code == http.StatusOK
+	})
 
 	release := stallLists(t, s, 3)
 	waitUntil(t, 30*time.Second, "in-flight requests above the hard threshold", func() bool {
@@ -152,8 +158,11 @@ func TestOverloadSheddingQuietUnderNormalLoad(t *testing.T) {
 	for e := range errs {
 		t.Error(e)
 	}
-	if m := metrics(t, s); strings.Contains(m, "bulwark_overload_shed_requests_total{") {
-		t.Errorf("requests were shed under normal load:\n%s", grepLines(m, "bulwark_overload"))
+	m := metrics(t, s)
+	for _, level := range []string{"soft", "hard"} {
+		if line := fmt.Sprintf(`bulwark_overload_shed_requests_total{level=%q} 0`, level); !strings.Contains(m, line+"\n") {
+			t.Errorf("want %q: requests were shed under normal load:\n%s", line, grepLines(m, "bulwark_overload"))
+		}
 	}
 }
 
