@@ -59,9 +59,12 @@ func (p *Process) Pid() int { return p.cmd.Process.Pid }
 // Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 
-// Stop sends SIGTERM, waits for a graceful exit, then kills. It returns the
-// exit error of a process that exited by itself or on SIGTERM.
-func (p *Process) Stop() error {
+// Stop sends SIGTERM, waits StopGrace for a graceful exit, then kills. It
+// returns the exit error of a process that exited by itself or on SIGTERM.
+func (p *Process) Stop() error { return p.StopWithin(StopGrace) }
+
+// StopWithin is Stop with another grace period.
+func (p *Process) StopWithin(grace time.Duration) error {
 	select {
 	case <-p.exited:
 		return p.err
@@ -71,9 +74,9 @@ func (p *Process) Stop() error {
 	select {
 	case <-p.exited:
 		return p.err
-	case <-time.After(StopGrace):
+	case <-time.After(grace):
 		p.Kill()
-		return fmt.Errorf("%s did not exit within %s of SIGTERM and was killed", p.Name, StopGrace)
+		return fmt.Errorf("%s did not exit within %s of SIGTERM and was killed", p.Name, grace)
 	}
 }
 
