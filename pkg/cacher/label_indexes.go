@@ -3,6 +3,7 @@ package cacher
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 
@@ -74,9 +75,7 @@ func (l LabelIndexes) Decorate(decorate generic.StorageDecorator) generic.Storag
 		}
 		withLabels := cache.Indexers{}
 		if indexers != nil {
-			for name, index := range *indexers {
-				withLabels[name] = index
-			}
+			maps.Copy(withLabels, *indexers)
 		}
 		for _, key := range keys {
 			withLabels[storage.LabelIndex(key)] = labelValue(key)

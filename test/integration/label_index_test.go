@@ -210,7 +210,7 @@ func (w *diffWriter) step(t *testing.T, ctx context.Context, createOnly bool) {
 		meta, err = pods.Patch(ctx, target.Name, types.JSONPatchType, []byte(patch), metav1.PatchOptions{})
 	default:
 		var deleted *corev1.Pod
-		deleted, err = w.client.CoreV1().Pods(target.Namespace).Get(ctx, target.Name, metav1.GetOptions{})
+		deleted, err = pods.Get(ctx, target.Name, metav1.GetOptions{})
 		if err == nil {
 			err = pods.Delete(ctx, target.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)})
 			meta = deleted

@@ -98,7 +98,7 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 			Shedder:             a.shedder,
 			Limiter:             a.limiter,
 		}
-		if a.caches != nil {
+		if a.caches != nil { // a nil *Readiness in the interface would not be nil
 			chain.Caches = a.caches
 		}
 		return chain.Wrap(buildUpstream(apiHandler, c))
