@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apiserver/pkg/registry/generic"
 	"k8s.io/apiserver/pkg/storage"
+	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
 	"k8s.io/client-go/tools/cache"
@@ -36,7 +37,7 @@ var DefaultLabelIndexes = []string{
 // indexed key (`key=value`, `key==value`, `key in (value)`) is answered
 // from the objects with that value, instead of every object of the
 // resource in scope; the selector is still applied to them, so the answer
-// is the same.
+// is the same. A set (`key in (a,b)`) is answered by one lookup per value.
 //
 // The machinery is upstream's: the watch cache keeps any index it is given
 // up to date and consults the predicate's IndexLabels, but upstream's
@@ -84,7 +85,13 @@ func (l LabelIndexes) Decorate(decorate generic.StorageDecorator) generic.Storag
 		if err != nil {
 			return s, destroy, err
 		}
-		return &labelIndexedStorage{Interface: s, labels: keys}, destroy, nil
+		if _, cached := s.(*cacherstorage.CacheDelegator); !cached {
+			return s, destroy, nil // --watch-cache=false: LISTs read etcd, which has no indexes
+		}
+		for _, served := range []string{"index", "scan"} {
+			setSelectorLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource, served)
+		}
+		return &labelIndexedStorage{Interface: s, resource: config.GroupResource, labels: keys, keyFunc: keyFunc, newList: newListFunc}, destroy, nil
 	}
 }
 
@@ -104,14 +111,25 @@ func labelValue(key string) cache.IndexFunc {
 }
 
 // labelIndexedStorage tells the watch cache which labels it may look up by
-// index. Storage without a watch cache has no such indexes and ignores it.
+// index, and serves set selectors on them by one lookup per value.
 type labelIndexedStorage struct {
 	storage.Interface
-	labels []string
+	resource schema.GroupResource
+	labels   []string
+	keyFunc  func(runtime.Object) (string, error)
+	newList  func() runtime.Object
 }
 
 func (s *labelIndexedStorage) GetList(ctx context.Context, key string, opts storage.ListOptions, listObj runtime.Object) error {
 	opts.Predicate.IndexLabels = s.labels
+	if lookup, ok := s.findSetLookup(ctx, opts); ok {
+		served, err := s.listSet(ctx, key, opts, lookup, listObj)
+		if served {
+			setSelectorLists.WithLabelValues(s.resource.Group, s.resource.Resource, "index").Inc()
+			return err
+		}
+		setSelectorLists.WithLabelValues(s.resource.Group, s.resource.Resource, "scan").Inc()
+	}
 	return s.Interface.GetList(ctx, key, opts, listObj)
 }
 

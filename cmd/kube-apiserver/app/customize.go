@@ -47,6 +47,7 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	}
 	// First: the limiter's first load and the shedder record metrics.
 	filters.RegisterMetrics(a.talkers)
+	cacher.RegisterMetrics()
 	var err error
 	if a.labelIndexes, err = cacher.ParseLabelIndexes(o.WatchCacheLabelIndexes); err != nil {
 		return nil, fmt.Errorf("--watch-cache-label-indexes: %w", err)

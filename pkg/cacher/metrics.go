@@ -1,0 +1,28 @@
+package cacher
+
+import (
+	"sync"
+
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+var (
+	setSelectorLists = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch_cache",
+		Name:           "set_selector_lists_total",
+		Help:           "LISTs whose label selector requires one of several values of an indexed label (key in (a,b,...)), by how they were served: index (one index lookup per value) or scan (the resource changed between the lookups; served by upstream's scan).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource", "served"})
+
+	registerOnce sync.Once
+)
+
+// RegisterMetrics registers the package's metrics with the legacy registry,
+// which /metrics serves.
+func RegisterMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(setSelectorLists)
+	})
+}
