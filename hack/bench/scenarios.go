@@ -84,6 +84,10 @@ func scenarios(p Params) []scenario {
 		)
 	}
 	return append(out,
+		listScenario("list label set cluster-wide rv=\"\"", p.ListSamples, func(i int) string {
+			set := "app in (" + appName(i*7%p.Apps) + "," + appName((i*7+1)%p.Apps) + "," + appName((i*7+2)%p.Apps) + ")"
+			return "/api/v1/pods?" + url.Values{"labelSelector": {set}}.Encode()
+		}),
 		scenario{name: "get pod", run: getScenario},
 		scenario{name: "create pods", run: createScenario},
 		scenario{name: "update pods", run: updateScenario},
