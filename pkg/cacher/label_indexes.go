@@ -13,7 +13,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apiserver/pkg/registry/generic"
 	"k8s.io/apiserver/pkg/storage"
-	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
 	"k8s.io/client-go/tools/cache"
@@ -85,7 +84,7 @@ func (l LabelIndexes) Decorate(decorate generic.StorageDecorator) generic.Storag
 		if err != nil {
 			return s, destroy, err
 		}
-		if _, cached := s.(*cacherstorage.CacheDelegator); !cached {
+		if !WatchCached(s) {
 			return s, destroy, nil // --watch-cache=false: LISTs read etcd, which has no indexes
 		}
 		for _, served := range []string{"index", "scan"} {
@@ -120,6 +119,9 @@ type labelIndexedStorage struct {
 	newList  func() runtime.Object
 }
 
+// Unwrap returns the watch cache's storage.
+func (s *labelIndexedStorage) Unwrap() storage.Interface { return s.Interface }
+
 func (s *labelIndexedStorage) GetList(ctx context.Context, key string, opts storage.ListOptions, listObj runtime.Object) error {
 	opts.Predicate.IndexLabels = s.labels
 	if lookup, ok := s.findSetLookup(ctx, opts); ok {
@@ -131,9 +133,4 @@ func (s *labelIndexedStorage) GetList(ctx context.Context, key string, opts stor
 		setSelectorLists.WithLabelValues(s.resource.Group, s.resource.Resource, "scan").Inc()
 	}
 	return s.Interface.GetList(ctx, key, opts, listObj)
-}
-
-// RESTOptionsGetter returns getter with every resource's decorator wrapped by Decorate.
-func (l LabelIndexes) RESTOptionsGetter(getter generic.RESTOptionsGetter) generic.RESTOptionsGetter {
-	return decoratingGetter{getter: getter, decorate: l.Decorate}
 }

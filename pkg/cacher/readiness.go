@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/registry/generic"
 	"k8s.io/apiserver/pkg/storage"
+	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
 	"k8s.io/client-go/tools/cache"
@@ -82,9 +83,10 @@ func (r *Readiness) Decorate(decorate generic.StorageDecorator) generic.StorageD
 	}
 }
 
-// RESTOptionsGetter returns getter with every resource's decorator wrapped by Decorate.
-func (r *Readiness) RESTOptionsGetter(getter generic.RESTOptionsGetter) generic.RESTOptionsGetter {
-	return decoratingGetter{getter: getter, decorate: r.Decorate}
+// WithStorageDecorator returns getter with the storage decorator of every
+// resource it gives options for wrapped by decorate.
+func WithStorageDecorator(getter generic.RESTOptionsGetter, decorate func(generic.StorageDecorator) generic.StorageDecorator) generic.RESTOptionsGetter {
+	return decoratingGetter{getter: getter, decorate: decorate}
 }
 
 // decoratingGetter wraps the storage decorator of every resource a getter
@@ -101,4 +103,20 @@ func (g decoratingGetter) GetRESTOptions(resource schema.GroupResource, example 
 	}
 	opts.Decorator = g.decorate(opts.Decorator)
 	return opts, nil
+}
+
+// WatchCached tells whether s is served by upstream's watch cache, under any
+// of Bulwark's decorators (each has an Unwrap method). Without it, reads go
+// to etcd: --watch-cache=false, or a resource whose cache is disabled.
+func WatchCached(s storage.Interface) bool {
+	for {
+		switch t := s.(type) {
+		case *cacherstorage.CacheDelegator:
+			return true
+		case interface{ Unwrap() storage.Interface }:
+			s = t.Unwrap()
+		default:
+			return false
+		}
+	}
 }

@@ -57,7 +57,7 @@ func create(t *testing.T, getter generic.RESTOptionsGetter, gr schema.GroupResou
 func TestReadiness(t *testing.T) {
 	r := NewReadiness()
 	fake := &fakeGetter{}
-	getter := r.RESTOptionsGetter(fake)
+	getter := WithStorageDecorator(fake, r.Decorate)
 	pods := schema.GroupResource{Resource: "pods"}
 	widgets := schema.GroupResource{Group: "example.com", Resource: "widgets"}
 

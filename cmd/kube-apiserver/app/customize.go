@@ -11,6 +11,7 @@ import (
 	"k8s.io/apiserver/pkg/server/mux"
 	upstream "k8s.io/kubernetes/cmd/kube-apiserver/app"
 
+	"github.com/bulwark-k8s/bulwark/pkg/bookmark"
 	"github.com/bulwark-k8s/bulwark/pkg/cacher"
 	"github.com/bulwark-k8s/bulwark/pkg/filters"
 )
@@ -35,6 +36,7 @@ type additions struct {
 	// maxHandshakes is 0 when TLS handshakes are not bounded.
 	maxHandshakes int
 	labelIndexes  cacher.LabelIndexes
+	bookmarks     *bookmark.Manager
 }
 
 // newAdditions builds them from the options; the limiter follows its file
@@ -48,7 +50,11 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	// First: the limiter's first load and the shedder record metrics.
 	filters.RegisterMetrics(a.talkers)
 	cacher.RegisterMetrics()
+	bookmark.RegisterMetrics()
 	var err error
+	if a.bookmarks, err = bookmark.NewManager(o.BookmarkConfig()); err != nil {
+		return nil, fmt.Errorf("--watch-bookmark-interval, --watch-cache-start-history-budget: %w", err)
+	}
 	if a.labelIndexes, err = cacher.ParseLabelIndexes(o.WatchCacheLabelIndexes); err != nil {
 		return nil, fmt.Errorf("--watch-cache-label-indexes: %w", err)
 	}
@@ -65,7 +71,8 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	return a, nil
 }
 
-// customizeConfig adds label indexes to the watch caches, records every
+// customizeConfig adds label indexes to the watch caches, serves watches
+// with bookmarks and start histories, records every
 // resource's storage for the cache-not-ready gate, bounds the TLS handshakes
 // of the secure port, and puts Bulwark's filters around upstream's handler
 // chain. Only the aggregator's chain sees requests: it is the outermost
@@ -79,10 +86,11 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		&config.Aggregator.GenericConfig.RESTOptionsGetter,
 	} {
 		if len(a.labelIndexes) > 0 {
-			*getter = a.labelIndexes.RESTOptionsGetter(*getter)
+			*getter = cacher.WithStorageDecorator(*getter, a.labelIndexes.Decorate)
 		}
+		*getter = cacher.WithStorageDecorator(*getter, a.bookmarks.Decorate)
 		if a.caches != nil {
-			*getter = a.caches.RESTOptionsGetter(*getter)
+			*getter = cacher.WithStorageDecorator(*getter, a.caches.Decorate)
 		}
 	}
 	gc := config.Aggregator.GenericConfig

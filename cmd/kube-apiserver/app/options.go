@@ -5,7 +5,9 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/bulwark-k8s/bulwark/pkg/bookmark"
 	"github.com/bulwark-k8s/bulwark/pkg/cacher"
 	"github.com/bulwark-k8s/bulwark/pkg/embeddedetcd"
 	"github.com/bulwark-k8s/bulwark/pkg/filters"
@@ -37,6 +39,10 @@ type Options struct {
 	MaxConcurrentTLSHandshakes int
 	// WatchCacheLabelIndexes are resource:label-key pairs the watch caches index.
 	WatchCacheLabelIndexes []string
+	// WatchBookmarkInterval is how often a watcher receives a bookmark.
+	WatchBookmarkInterval time.Duration
+	// WatchCacheStartHistoryBudget bounds the start history of each watch cache.
+	WatchCacheStartHistoryBudget resource.QuantityValue
 }
 
 // NewOptions returns the defaults.
@@ -55,6 +61,18 @@ func NewOptions() *Options {
 		// share of the CPU beside the requests being served.
 		MaxConcurrentTLSHandshakes: 4 * runtime.GOMAXPROCS(0),
 		WatchCacheLabelIndexes:     cacher.DefaultLabelIndexes,
+		WatchBookmarkInterval:      bookmark.DefaultInterval,
+		WatchCacheStartHistoryBudget: resource.QuantityValue{
+			Quantity: *resource.NewQuantity(bookmark.DefaultHistoryBudget, resource.BinarySI),
+		},
+	}
+}
+
+// BookmarkConfig is the configuration of bookmarks and start histories.
+func (o *Options) BookmarkConfig() bookmark.Config {
+	return bookmark.Config{
+		Interval:      o.WatchBookmarkInterval,
+		HistoryBudget: o.WatchCacheStartHistoryBudget.Value(),
 	}
 }
 
@@ -89,6 +107,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.WatchCacheLabelIndexes, "watch-cache-label-indexes", o.WatchCacheLabelIndexes,
 		"Labels the watch cache indexes, as resource[.group]:label-key (e.g. pods:app, deployments.apps:app.kubernetes.io/name). "+
 			"A LIST whose label selector requires one value of an indexed label reads only the objects with that value. Empty: no label indexes.")
+	fs.DurationVar(&o.WatchBookmarkInterval, "watch-bookmark-interval", o.WatchBookmarkInterval,
+		"How often every watcher that allows bookmarks receives one, with the revision etcd has reached, so that after a restart it resumes "+
+			"instead of relisting; it also gets a last one on graceful termination. At least 1s; 0 leaves upstream's (about a minute).")
+	fs.Var(&o.WatchCacheStartHistoryBudget, "watch-cache-start-history-budget",
+		"Size (as stored in etcd) of the events each watch cache reads from etcd's retained history when it starts, so that a watch resuming "+
+			"from before the restart gets the events since then instead of 410 Gone. 0 reads none.")
 	fs.DurationVar(&e.StartTimeout, "embedded-etcd-start-timeout", e.StartTimeout,
 		"How long to wait for the embedded etcd to serve before giving up.")
 }

@@ -182,6 +182,12 @@ func Run(ctx context.Context, opts options.CompletedOptions, bulwark *Options) e
 		return err
 	}
 	bulwarkParts.installDebugHandlers(server.GenericAPIServer.Handler.NonGoRestfulMux)
+	// Graceful termination: the watch caches destroyed after this send
+	// their watchers a last bookmark first.
+	server.GenericAPIServer.AddPreShutdownHookOrDie("bulwark-last-bookmarks", func() error {
+		bulwarkParts.bookmarks.Terminating()
+		return nil
+	})
 	prepared, err := server.PrepareRun()
 	if err != nil {
 		return err

@@ -1,0 +1,377 @@
+package bookmark
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/apiserver/pkg/apis/example"
+	examplev1 "k8s.io/apiserver/pkg/apis/example/v1"
+	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
+	"k8s.io/apiserver/pkg/storage"
+	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
+	etcd3testing "k8s.io/apiserver/pkg/storage/etcd3/testing"
+	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"k8s.io/component-base/metrics/testutil"
+)
+
+const prefix = "/pods/"
+
+// testEtcd is a real etcd with the storage config of upstream's example
+// Pods, the type upstream's storage tests use.
+type testEtcd struct {
+	config *storagebackend.Config
+	client *clientv3.Client
+}
+
+func startEtcd(t *testing.T) testEtcd {
+	scheme := runtime.NewScheme()
+	metav1.AddToGroupVersion(scheme, metav1.SchemeGroupVersion)
+	utilruntime.Must(example.AddToScheme(scheme))
+	utilruntime.Must(examplev1.AddToScheme(scheme))
+	pb := protobuf.NewSerializer(scheme, scheme)
+	server, config := etcd3testing.NewUnsecuredEtcd3TestClientServer(t)
+	t.Cleanup(func() { server.Terminate(t) })
+	config.Codec = serializer.NewCodecFactory(scheme).CodecForVersions(pb, pb, schema.GroupVersions{examplev1.SchemeGroupVersion}, nil)
+	return testEtcd{config: config, client: server.V3Client.Client}
+}
+
+// newStorage builds what the apiserver builds for a resource: upstream's
+// StorageWithCacher, decorated by m; it returns once the cache is filled.
+func (e testEtcd) newStorage(t *testing.T, m *Manager) (storage.Interface, factory.DestroyFunc) {
+	t.Helper()
+	config := e.config.ForResource(schema.GroupResource{Resource: "pods"})
+	config.EventsHistoryWindow = cacherstorage.DefaultEventFreshDuration
+	s, destroy, err := m.Decorate(genericregistry.StorageWithCacher())(config, prefix,
+		func(obj runtime.Object) (string, error) { return storage.NamespaceKeyFunc(prefix, obj) },
+		func() runtime.Object { return &example.Pod{} },
+		func() runtime.Object { return &example.PodList{} },
+		podAttrs, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(destroy)
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		return s.ReadinessCheck() == nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return s, destroy
+}
+
+func podAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
+	pod := obj.(*example.Pod)
+	return labels.Set(pod.Labels), fields.Set{"metadata.name": pod.Name, "metadata.namespace": pod.Namespace, "spec.nodeName": pod.Spec.NodeName}, nil
+}
+
+func newManager(t *testing.T, config Config) *Manager {
+	t.Helper()
+	RegisterMetrics()
+	m, err := NewManager(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// put creates or replaces a pod and returns its resourceVersion.
+func put(t *testing.T, s storage.Interface, pod *example.Pod) uint64 {
+	t.Helper()
+	key, _ := storage.NamespaceKeyFunc(prefix, pod)
+	out := &example.Pod{}
+	err := s.GuaranteedUpdate(context.Background(), key, out, true, nil, func(runtime.Object, storage.ResponseMeta) (runtime.Object, *uint64, error) {
+		return pod.DeepCopy(), nil, nil
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rvOf(t, out)
+}
+
+func remove(t *testing.T, s storage.Interface, namespace, name string) uint64 {
+	t.Helper()
+	out := &example.Pod{}
+	key := prefix + namespace + "/" + name
+	if err := s.Delete(context.Background(), key, out, nil, storage.ValidateAllObjectFunc, nil, storage.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return rvOf(t, out)
+}
+
+func rvOf(t *testing.T, obj runtime.Object) uint64 {
+	t.Helper()
+	o, err := meta.Accessor(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv, err := strconv.ParseUint(o.GetResourceVersion(), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rv
+}
+
+func pod(namespace, name string, labels map[string]string) *example.Pod {
+	return &example.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: labels}}
+}
+
+func watchOpts(rv uint64, selector string) storage.ListOptions {
+	return storage.ListOptions{
+		ResourceVersion: strconv.FormatUint(rv, 10),
+		Recursive:       true,
+		Predicate: storage.SelectionPredicate{
+			Label: labels.SelectorFromSet(nil), Field: fields.Everything(), GetAttrs: podAttrs, AllowWatchBookmarks: true,
+		},
+	}
+}
+
+func withSelector(t *testing.T, opts storage.ListOptions, selector string) storage.ListOptions {
+	t.Helper()
+	l, err := labels.Parse(selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Predicate.Label = l
+	return opts
+}
+
+// received is one event a watcher got: its type, object and resourceVersion.
+type received struct {
+	Type watch.EventType
+	Name string
+	RV   uint64
+}
+
+func (r received) String() string { return fmt.Sprintf("%s %s@%d", r.Type, r.Name, r.RV) }
+
+// collect reads events until the watch reaches resourceVersion until (by
+// an event or a bookmark), or the timeout; bookmarks are kept only if asked.
+func collect(t *testing.T, w watch.Interface, until uint64, timeout time.Duration, bookmarks bool) (got []received, closed bool) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case event, ok := <-w.ResultChan():
+			if !ok {
+				return got, true
+			}
+			if event.Type == watch.Error {
+				t.Fatalf("error event: %v", event.Object)
+			}
+			r := received{Type: event.Type, RV: rvOf(t, event.Object)}
+			if event.Type != watch.Bookmark {
+				o, _ := meta.Accessor(event.Object) // the cache sends its cachingObjects
+				r.Name = o.GetName()
+			}
+			if event.Type != watch.Bookmark || bookmarks {
+				got = append(got, r)
+			}
+			if until > 0 && r.RV >= until {
+				return got, false
+			}
+		case <-deadline:
+			return got, false
+		}
+	}
+}
+
+// TestPeriodicBookmarks: a watcher of a namespace where nothing happens gets
+// a bookmark every interval, carrying the revision etcd has reached,
+// whether other pods change or only keys of other resources.
+func TestPeriodicBookmarks(t *testing.T) {
+	e := startEtcd(t)
+	s, _ := e.newStorage(t, newManager(t, Config{Interval: time.Second}))
+	start := put(t, s, pod("busy", "p", nil))
+	w, err := s.Watch(context.Background(), prefix+"quiet", watchOpts(start, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+				put(t, s, pod("busy", "p", map[string]string{"i": strconv.Itoa(i)}))
+			}
+		}
+	}()
+	got, _ := collect(t, w, 0, 5500*time.Millisecond, true)
+	if len(got) < 3 || len(got) > 7 {
+		t.Fatalf("%d bookmarks in 5.5s with an interval of 1s: %v", len(got), got)
+	}
+	for i, r := range got {
+		if r.Type != watch.Bookmark {
+			t.Fatalf("event %v in a namespace without pods", r)
+		}
+		if i > 0 && r.RV <= got[i-1].RV {
+			t.Errorf("bookmarks %v then %v: the resourceVersion did not advance", got[i-1], r)
+		}
+	}
+
+	// Only another resource changes: the bookmark follows etcd's revision.
+	stop <- struct{}{}
+	resp, err := e.client.Put(context.Background(), "/registry/other/key", "v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = collect(t, w, uint64(resp.Header.Revision), 5*time.Second, true)
+	if len(got) == 0 || got[len(got)-1].RV < uint64(resp.Header.Revision) {
+		t.Errorf("bookmarks %v; none reached etcd's revision %d", got, resp.Header.Revision)
+	}
+}
+
+// TestSegmentsLoseNothing: a watcher whose watch is served by many segments
+// receives every write once, in order, while writes keep coming.
+func TestSegmentsLoseNothing(t *testing.T) {
+	e := startEtcd(t)
+	s, _ := e.newStorage(t, newManager(t, Config{Interval: time.Second}))
+	start := put(t, s, pod("ns", "seed", nil))
+	w, err := s.Watch(context.Background(), prefix, watchOpts(start, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	var want []received
+	exists := map[string]bool{}
+	for i := range 120 {
+		name := fmt.Sprintf("p%d", i%10)
+		switch {
+		case i%7 == 6 && exists[name]:
+			want = append(want, received{Type: watch.Deleted, Name: name, RV: remove(t, s, "ns", name)})
+			exists[name] = false
+		case exists[name]:
+			want = append(want, received{Type: watch.Modified, Name: name, RV: put(t, s, pod("ns", name, map[string]string{"i": strconv.Itoa(i)}))})
+		default:
+			want = append(want, received{Type: watch.Added, Name: name, RV: put(t, s, pod("ns", name, nil))})
+			exists[name] = true
+		}
+		time.Sleep(40 * time.Millisecond) // 120 writes over about five intervals
+	}
+	got, _ := collect(t, w, want[len(want)-1].RV, 10*time.Second, false)
+	if !slices.Equal(got, want) {
+		t.Errorf("events:\n%v\nwant:\n%v", got, want)
+	}
+	if n := segmentsOf(t); n < 3 {
+		t.Errorf("%v segments in about five intervals", n)
+	}
+}
+
+func segmentsOf(t *testing.T) float64 {
+	t.Helper()
+	v, err := testutil.GetCounterMetricValue(segments.WithLabelValues("", "pods"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestLastBookmark: when the apiserver terminates, a watcher gets a bookmark
+// with the latest revision, long before its next periodic one, and again
+// before the cache closes its watch.
+func TestLastBookmark(t *testing.T) {
+	e := startEtcd(t)
+	m := newManager(t, Config{Interval: time.Minute})
+	s, destroy := e.newStorage(t, m)
+	start := put(t, s, pod("busy", "p", nil))
+	w, err := s.Watch(context.Background(), prefix+"quiet", watchOpts(start, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	latest := put(t, s, pod("busy", "p", map[string]string{"a": "b"}))
+
+	begin := time.Now()
+	go func() {
+		m.Terminating()
+		destroy()
+	}()
+	got, closed := collect(t, w, 0, 3*finalBookmarkTimeout, true)
+	if !closed || len(got) == 0 || got[0].Type != watch.Bookmark || got[0].RV < latest {
+		t.Errorf("after termination: %v (closed: %v); want a bookmark at resourceVersion %d or later, then the end", got, closed, latest)
+	}
+	if d := time.Since(begin); d > 2*finalBookmarkTimeout {
+		t.Errorf("termination took %v", d)
+	}
+}
+
+// TestStartHistory: a watch that resumes, after a restart, from a
+// resourceVersion older than the new watch cache gets the events since then
+// that it would have got from the old cache — created, changed, relabelled
+// out of and into its selector, deleted — instead of 410 Gone; then live
+// events. Without a history the answer is upstream's 410.
+func TestStartHistory(t *testing.T) {
+	e := startEtcd(t)
+	// The server before the restart answers from its cache alone: the reference.
+	before, destroyBefore := e.newStorage(t, newManager(t, Config{Interval: time.Second}))
+	put(t, before, pod("ns", "a", map[string]string{"app": "x"}))
+	from := put(t, before, pod("ns", "b", map[string]string{"app": "x"}))
+	put(t, before, pod("ns", "a", map[string]string{"app": "x", "v": "2"}))  // modified
+	put(t, before, pod("ns", "b", map[string]string{"app": "y"}))            // leaves the selector
+	put(t, before, pod("ns", "c", map[string]string{"app": "x"}))            // created
+	put(t, before, pod("other", "a", map[string]string{"app": "x"}))         // another namespace
+	put(t, before, pod("ns", "b", map[string]string{"app": "x", "v": "3"})) // comes back
+	last := remove(t, before, "ns", "a")
+
+	opts := withSelector(t, watchOpts(from, ""), "app=x")
+	reference, err := before.Watch(context.Background(), prefix+"ns", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := collect(t, reference, last, 5*time.Second, false)
+	reference.Stop()
+	if len(want) != 5 {
+		t.Fatalf("the cache before the restart sent %v", want)
+	}
+	destroyBefore()
+
+	after, _ := e.newStorage(t, newManager(t, Config{Interval: time.Second, HistoryBudget: 1 << 20}))
+	w, err := after.Watch(context.Background(), prefix+"ns", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	got, _ := collect(t, w, last, 15*time.Second, false)
+	if !slices.Equal(got, want) {
+		t.Errorf("resumed after the restart:\n%v\nwant what the cache sent before it:\n%v", got, want)
+	}
+	live := put(t, after, pod("ns", "d", map[string]string{"app": "x"}))
+	if got, _ := collect(t, w, live, 5*time.Second, false); len(got) != 1 || got[0] != (received{Type: watch.Added, Name: "d", RV: live}) {
+		t.Errorf("live event after the history: %v", got)
+	}
+
+	noHistory, _ := e.newStorage(t, newManager(t, Config{Interval: time.Second}))
+	w, err = noHistory.Watch(context.Background(), prefix+"ns", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	select {
+	case event := <-w.ResultChan():
+		if status, ok := event.Object.(*metav1.Status); event.Type != watch.Error || !ok || status.Code != 410 {
+			t.Errorf("without a history: %v %v, want upstream's 410", event.Type, event.Object)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("without a history: no answer")
+	}
+}

@@ -1,0 +1,341 @@
+package bookmark
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/apiserver/pkg/storage"
+	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/apiserver/pkg/storage/value"
+	"k8s.io/apiserver/pkg/storage/value/encrypt/identity"
+	"k8s.io/klog/v2"
+)
+
+const (
+	// historyWait bounds how long a resuming watch waits for the history
+	// to be read after the cache filled; after it, the watch is the cache's.
+	historyWait = 10 * time.Second
+	// historyLifetime is how long a history is kept. It serves the watches
+	// that resume right after a restart; by then the cache's own history
+	// has long moved past its start.
+	historyLifetime = 10 * time.Minute
+	// progressPeriod paces the progress requests that tell the reader it
+	// has every event up to the revision it reads to.
+	progressPeriod = 500 * time.Millisecond
+)
+
+// history is the start history of one resource: the events etcd retained
+// when its watch cache started, up to the cache's start, read once.
+type history struct {
+	resource    schema.GroupResource
+	budget      int64
+	transport   storagebackend.TransportConfig
+	codec       runtime.Codec
+	transformer value.Transformer
+	versioner   storage.Versioner
+	// etcdPrefix is the etcd key prefix of the resource's objects; keys
+	// stripped of storagePrefix are the storage keys watches name.
+	etcdPrefix, storagePrefix string
+
+	filled chan struct{} // closed when the read ended, successfully or not
+
+	mu     sync.RWMutex
+	events []historyEvent
+	// from and to bound the resourceVersions a watch resumes from through
+	// the history: it has every event after from, up to to.
+	from, to uint64
+	bytes    int64
+}
+
+// historyEvent is one change of one object, as the watch cache records it.
+type historyEvent struct {
+	rev  uint64
+	key  string
+	obj  runtime.Object // nil when deleted
+	prev runtime.Object // nil when created
+	size int64
+}
+
+func newHistory(config *storagebackend.ConfigForResource, resourcePrefix string, budget int64) *history {
+	transformer := config.Transformer
+	if transformer == nil {
+		transformer = identity.NewEncryptCheckTransformer()
+	}
+	storagePrefix := path.Join("/", config.Prefix)
+	return &history{
+		resource:      config.GroupResource,
+		budget:        budget,
+		transport:     config.Transport,
+		codec:         config.Codec,
+		transformer:   transformer,
+		versioner:     storage.APIObjectVersioner{},
+		etcdPrefix:    strings.TrimSuffix(storagePrefix, "/") + path.Join("/", resourcePrefix) + "/",
+		storagePrefix: strings.TrimSuffix(storagePrefix, "/"),
+		filled:        make(chan struct{}),
+	}
+}
+
+// fill reads the history once the cache has filled: the events from the
+// oldest revision etcd retains (or fewer, within the budget) up to etcd's
+// revision at that moment, which the cache has reached by then.
+func (h *history) fill(ctx context.Context, cache storage.Interface) {
+	filled := sync.OnceFunc(func() { close(h.filled) })
+	defer filled()
+	if err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(context.Context) (bool, error) {
+		return cache.ReadinessCheck() == nil, nil
+	}); err != nil {
+		return
+	}
+	start := time.Now()
+	to, err := cache.GetCurrentResourceVersion(ctx)
+	if err == nil {
+		err = h.read(ctx, to)
+	}
+	if err != nil {
+		h.release()
+		if ctx.Err() == nil {
+			klog.ErrorS(err, "Reading the start history; watches older than the watch cache get 410 Gone", "resource", h.resource)
+		}
+		return
+	}
+	h.mu.RLock()
+	klog.InfoS("Read the start history", "resource", h.resource, "events", len(h.events), "bytes", h.bytes, "fromRV", h.from, "toRV", h.to, "duration", time.Since(start))
+	h.mu.RUnlock()
+	setHistorySize(h.resource, len(h.events), h.bytes)
+	filled()
+	select {
+	case <-ctx.Done():
+	case <-time.After(historyLifetime):
+	}
+	h.release()
+}
+
+// read watches the resource's keys in etcd from the oldest revision it
+// retains until it has every event up to revision to.
+func (h *history) read(ctx context.Context, to uint64) error {
+	if h.transport.EgressLookup != nil {
+		return errors.New("etcd is reached through an egress selector, which the start history does not use")
+	}
+	client, err := newEtcdClient(h.transport)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+
+	rev := int64(1)
+	for {
+		done, compacted, err := h.readFrom(ctx, client, rev, to)
+		switch {
+		case err != nil:
+			return err
+		case done:
+			return nil
+		case compacted <= rev:
+			return fmt.Errorf("etcd compacted to revision %d, before %d", compacted, rev)
+		}
+		rev = compacted
+	}
+}
+
+// readFrom reads from one revision on; when etcd compacted it, it returns
+// the oldest revision etcd retains.
+func (h *history) readFrom(ctx context.Context, client *clientv3.Client, rev int64, to uint64) (done bool, compacted int64, err error) {
+	h.mu.Lock()
+	h.events, h.bytes, h.from, h.to = nil, 0, uint64(rev-1), to
+	h.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	watchChan := client.Watch(ctx, h.etcdPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev), clientv3.WithPrevKV(), clientv3.WithProgressNotify())
+	// A progress notification arrives once the watch has caught up: its
+	// revision says every event up to it was received.
+	go func() {
+		ticker := time.NewTicker(progressPeriod)
+		defer ticker.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+				_ = client.RequestProgress(ctx)
+			}
+		}
+	}()
+	last := map[string]runtime.Object{} // each key's latest object, the next event's previous one
+	for resp := range watchChan {
+		if resp.CompactRevision > 0 {
+			return false, resp.CompactRevision, nil
+		}
+		if err := resp.Err(); err != nil {
+			return false, 0, err
+		}
+		for _, e := range resp.Events {
+			if uint64(e.Kv.ModRevision) > to {
+				return true, 0, nil
+			}
+			if err := h.add(ctx, e, last); err != nil {
+				return false, 0, err
+			}
+		}
+		if resp.IsProgressNotify() && uint64(resp.Header.Revision) >= to {
+			return true, 0, nil
+		}
+	}
+	return false, 0, ctx.Err()
+}
+
+// add decodes one etcd event into the history, dropping the oldest events
+// while the history is over budget.
+func (h *history) add(ctx context.Context, e *clientv3.Event, last map[string]runtime.Object) error {
+	key := string(e.Kv.Key)
+	ev := historyEvent{rev: uint64(e.Kv.ModRevision), key: strings.TrimPrefix(key, h.storagePrefix), size: int64(len(e.Kv.Key) + len(e.Kv.Value))}
+	if e.PrevKv != nil {
+		ev.size += int64(len(e.PrevKv.Value))
+		if prev, ok := last[key]; ok {
+			ev.prev = prev
+		} else {
+			prev, err := h.decode(ctx, key, e.PrevKv.Value, e.PrevKv.ModRevision)
+			if err != nil {
+				return err
+			}
+			ev.prev = prev
+		}
+	}
+	if e.Type == clientv3.EventTypePut {
+		obj, err := h.decode(ctx, key, e.Kv.Value, e.Kv.ModRevision)
+		if err != nil {
+			return err
+		}
+		ev.obj = obj
+		last[key] = obj
+	} else {
+		delete(last, key)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.events = append(h.events, ev)
+	h.bytes += ev.size
+	for h.bytes > h.budget && len(h.events) > 0 {
+		h.bytes -= h.events[0].size
+		h.from = h.events[0].rev
+		h.events[0] = historyEvent{}
+		h.events = h.events[1:]
+	}
+	return nil
+}
+
+func (h *history) decode(ctx context.Context, key string, data []byte, rev int64) (runtime.Object, error) {
+	plain, _, err := h.transformer.TransformFromStorage(ctx, data, value.DefaultContext(key))
+	if err != nil {
+		return nil, fmt.Errorf("%s at revision %d: %w", key, rev, err)
+	}
+	obj, err := runtime.Decode(h.codec, plain)
+	if err != nil {
+		return nil, fmt.Errorf("%s at revision %d: %w", key, rev, err)
+	}
+	return obj, h.versioner.UpdateObject(obj, uint64(rev))
+}
+
+// since returns the events after resourceVersion rv that a watch of key
+// with pred sees, as the watch cache would send them, and the
+// resourceVersion the watch goes on from in the cache. ok is false when the
+// history does not cover rv: the cache answers as upstream's does.
+func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64, key string, pred storage.SelectionPredicate) (events []watch.Event, to uint64, ok bool) {
+	if cache.ReadinessCheck() != nil {
+		return nil, 0, false
+	}
+	select {
+	case <-h.filled:
+	case <-ctx.Done():
+		return nil, 0, false
+	case <-time.After(historyWait):
+		return nil, 0, false
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if h.to == 0 || rv < h.from || rv >= h.to {
+		return nil, 0, false
+	}
+	prefix := key
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	matches := func(e *historyEvent, obj runtime.Object) bool {
+		if obj == nil || e.key != key && !strings.HasPrefix(e.key, prefix) {
+			return false
+		}
+		ok, err := pred.Matches(obj)
+		return err == nil && ok
+	}
+	for i := range h.events {
+		e := &h.events[i]
+		if e.rev <= rv {
+			continue
+		}
+		cur, old := matches(e, e.obj), matches(e, e.prev)
+		switch {
+		case cur && !old:
+			events = append(events, watch.Event{Type: watch.Added, Object: e.obj})
+		case cur && old:
+			events = append(events, watch.Event{Type: watch.Modified, Object: e.obj})
+		case old:
+			// As the cache: the previous object at the event's resourceVersion.
+			deleted := e.prev.DeepCopyObject()
+			if err := h.versioner.UpdateObject(deleted, e.rev); err != nil {
+				return nil, 0, false
+			}
+			events = append(events, watch.Event{Type: watch.Deleted, Object: deleted})
+		}
+	}
+	return events, h.to, true
+}
+
+// cacheMovedOn is told that the cache answered 410 Gone to a watch from
+// rv: if that is where the history hands watches over, the cache's own
+// history no longer reaches it and the history is of no more use.
+func (h *history) cacheMovedOn(rv uint64) {
+	h.mu.RLock()
+	handover := rv == h.to
+	h.mu.RUnlock()
+	if handover {
+		h.release()
+	}
+}
+
+func (h *history) release() {
+	h.mu.Lock()
+	h.events, h.bytes, h.from, h.to = nil, 0, 0, 0
+	h.mu.Unlock()
+	setHistorySize(h.resource, 0, 0)
+}
+
+// newEtcdClient connects to etcd as the apiserver's storage does.
+func newEtcdClient(c storagebackend.TransportConfig) (*clientv3.Client, error) {
+	tlsInfo := transport.TLSInfo{CertFile: c.CertFile, KeyFile: c.KeyFile, TrustedCAFile: c.TrustedCAFile}
+	tlsConfig, err := tlsInfo.ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	if c.CertFile == "" && c.KeyFile == "" && c.TrustedCAFile == "" {
+		tlsConfig = nil
+	}
+	return clientv3.New(clientv3.Config{
+		Endpoints:   c.ServerList,
+		TLS:         tlsConfig,
+		DialTimeout: 20 * time.Second,
+		Logger:      zap.NewNop(),
+	})
+}

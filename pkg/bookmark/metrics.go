@@ -1,0 +1,78 @@
+package bookmark
+
+import (
+	"sync"
+
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/component-base/metrics"
+	"k8s.io/component-base/metrics/legacyregistry"
+)
+
+var (
+	bookmarksSent = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "bookmarks_sent_total",
+		Help:           "Bookmarks sent to watchers, by reason: periodic (every --watch-bookmark-interval, and upstream's) or final (on graceful termination).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource", "reason"})
+	segments = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "segments_total",
+		Help:           "Watch-cache watches started to resume a client's watch after a bookmark (one per watcher and interval).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+	historyResumptions = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "history_resumptions_total",
+		Help:           "Watches resumed from a resourceVersion older than the watch cache, served from the start history instead of 410 Gone.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+	watchGone = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "gone_total",
+		Help:           "Watches answered 410 Gone (resourceVersion too old): each is a client that relists.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+	historyEvents = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "start_history_events",
+		Help:           "Events in the start history of a resource's watch cache (0 once released).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+	historyBytes = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "start_history_bytes",
+		Help:           "Size, as stored in etcd, of the start history of a resource's watch cache; bounded by --watch-cache-start-history-budget.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+
+	registerOnce sync.Once
+)
+
+// RegisterMetrics registers the package's metrics with the legacy registry,
+// which /metrics serves.
+func RegisterMetrics() {
+	registerOnce.Do(func() {
+		legacyregistry.MustRegister(bookmarksSent, segments, historyResumptions, watchGone, historyEvents, historyBytes)
+	})
+}
+
+// registerResource makes a resource's series exist from the start, at 0.
+func registerResource(gr schema.GroupResource) {
+	for _, reason := range []string{"periodic", "final"} {
+		bookmarksSent.WithLabelValues(gr.Group, gr.Resource, reason)
+	}
+	historyResumptions.WithLabelValues(gr.Group, gr.Resource)
+	watchGone.WithLabelValues(gr.Group, gr.Resource)
+}
+
+func setHistorySize(gr schema.GroupResource, events int, bytes int64) {
+	historyEvents.WithLabelValues(gr.Group, gr.Resource).Set(float64(events))
+	historyBytes.WithLabelValues(gr.Group, gr.Resource).Set(float64(bytes))
+}

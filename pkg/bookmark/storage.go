@@ -1,0 +1,84 @@
+package bookmark
+
+import (
+	"context"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/apiserver/pkg/storage"
+	"k8s.io/klog/v2"
+)
+
+// bookmarkingStorage serves the watches of one watch-cached resource.
+type bookmarkingStorage struct {
+	storage.Interface
+	manager  *Manager
+	resource schema.GroupResource
+	history  *history // nil without a history budget
+	// watches counts the watches being served; progress is requested only
+	// for a resource someone watches.
+	watches atomic.Int64
+}
+
+// Unwrap returns the watch cache's storage.
+func (s *bookmarkingStorage) Unwrap() storage.Interface { return s.Interface }
+
+// Watch serves a watch as a sequence of watch-cache watches (see the
+// package doc), preceded by the events of the start history when it resumes
+// from before the cache's start.
+func (s *bookmarkingStorage) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
+	w := newResumingWatch(ctx, s, key, opts)
+	var replay []watch.Event
+	if from, ok := resumesFrom(opts); ok && s.history != nil {
+		if events, to, ok := s.history.since(ctx, s, from, key, opts.Predicate); ok {
+			replay, w.lastRV = events, to
+			historyResumptions.WithLabelValues(s.resource.Group, s.resource.Resource).Inc()
+		}
+	}
+	seg, err := w.open()
+	if err != nil {
+		w.cancel()
+		return nil, err
+	}
+	s.watches.Add(1)
+	go func() {
+		defer s.watches.Add(-1)
+		w.run(seg, replay)
+	}()
+	return w, nil
+}
+
+// resumesFrom returns the resourceVersion a watch resumes from: one it
+// names, without initial events.
+func resumesFrom(opts storage.ListOptions) (uint64, bool) {
+	if opts.SendInitialEvents != nil && *opts.SendInitialEvents {
+		return 0, false
+	}
+	rv, err := strconv.ParseUint(opts.ResourceVersion, 10, 64)
+	return rv, err == nil && rv > 0
+}
+
+// requestProgress asks etcd, once per interval while the resource is
+// watched, to tell the watch cache the revision it is at: the cache's
+// resourceVersion, which bookmarks carry, then follows etcd's even when
+// nothing of the resource changes.
+func (s *bookmarkingStorage) requestProgress(ctx context.Context) {
+	ticker := time.NewTicker(s.manager.config.Interval / 2)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+			if s.watches.Load() == 0 {
+				continue
+			}
+			if err := s.RequestWatchProgress(ctx); err != nil && ctx.Err() == nil {
+				klog.V(2).InfoS("Requesting watch progress", "resource", s.resource, "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,242 @@
+package bookmark
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/apiserver/pkg/storage"
+)
+
+// The cache sends a watcher a bookmark two seconds before its deadline
+// (k8s.io/apiserver/pkg/storage/cacher, cacheWatcher.nextBookmarkTime).
+const preDeadlineBookmark = 2 * time.Second
+
+// askedSegment is the life of a segment that carries a bookmark asked for
+// (on termination): the cache schedules it a second from now, the earliest
+// it can.
+const askedSegment = preDeadlineBookmark + time.Second
+
+// resumingWatch is one client's watch, served by a sequence of segments:
+// watch-cache watches, each resumed from the last resourceVersion the
+// client received, so it sees every event once, in order.
+type resumingWatch struct {
+	ctx     context.Context
+	cancel  context.CancelFunc
+	storage *bookmarkingStorage
+	key     string
+	opts    storage.ListOptions
+	result  chan watch.Event
+
+	// lastRV is the resourceVersion up to which the client has every event
+	// (0: not known yet).
+	lastRV uint64
+	// initial is set while the first segment sends the initial events,
+	// whose resourceVersions are the objects' and say nothing of progress.
+	initial bool
+	// asked is the round of bookmarks the current segment serves (0: none).
+	asked uint64
+	// bookmarkedRound is the last round of bookmarks the watch served.
+	bookmarkedRound atomic.Uint64
+	// tracked tells whether the manager counts the watch among those that
+	// take bookmarks on demand.
+	tracked bool
+}
+
+func newResumingWatch(ctx context.Context, s *bookmarkingStorage, key string, opts storage.ListOptions) *resumingWatch {
+	w := &resumingWatch{storage: s, key: key, opts: opts, result: make(chan watch.Event)}
+	w.ctx, w.cancel = context.WithCancel(ctx)
+	w.initial = opts.SendInitialEvents != nil && *opts.SendInitialEvents ||
+		opts.SendInitialEvents == nil && (opts.ResourceVersion == "" || opts.ResourceVersion == "0")
+	if rv, ok := resumesFrom(opts); ok {
+		w.lastRV = rv
+	}
+	return w
+}
+
+// Stop ends the watch; ResultChan is closed soon after.
+func (w *resumingWatch) Stop() { w.cancel() }
+
+// ResultChan returns the client's events.
+func (w *resumingWatch) ResultChan() <-chan watch.Event { return w.result }
+
+// resumable tells whether the watch can be served by segments: the client
+// takes bookmarks, and the resourceVersion it has every event up to is known.
+func (w *resumingWatch) resumable() bool {
+	return w.storage.manager.config.Interval > 0 && w.opts.Predicate.AllowWatchBookmarks && !w.initial && w.lastRV > 0
+}
+
+// open starts the next segment: the first as the client asked (or from the
+// end of the history it was replayed), the others from lastRV. A resumable
+// segment ends one interval from now, after the bookmark the cache sends
+// before its deadline.
+func (w *resumingWatch) open() (*segment, error) {
+	opts := w.opts
+	if w.lastRV > 0 && !w.initial {
+		opts.ResourceVersion = strconv.FormatUint(w.lastRV, 10)
+		opts.ResourceVersionMatch = ""
+		opts.SendInitialEvents = nil
+	}
+	seg := &segment{}
+	switch {
+	case w.asked > 0:
+		seg.ctx, seg.cancel = context.WithTimeout(w.ctx, askedSegment)
+	case w.resumable():
+		seg.ctx, seg.cancel = context.WithTimeout(w.ctx, w.storage.manager.config.Interval+preDeadlineBookmark)
+	default:
+		seg.ctx, seg.cancel = context.WithCancel(w.ctx)
+	}
+	var err error
+	if seg.Interface, err = w.storage.Interface.Watch(seg.ctx, w.key, opts); err != nil {
+		seg.cancel()
+		return nil, err
+	}
+	return seg, nil
+}
+
+// segment is one watch-cache watch of a resumingWatch.
+type segment struct {
+	watch.Interface
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+func (s *segment) Stop() {
+	s.Interface.Stop()
+	s.cancel()
+}
+
+// run forwards the replayed history and then every segment's events until
+// the client stops or the cache closes a segment for a reason of its own
+// (its termination, a watcher too slow).
+func (w *resumingWatch) run(seg *segment, replay []watch.Event) {
+	defer close(w.result)
+	defer w.track(false)
+	for _, event := range replay {
+		if !w.send(event) {
+			seg.Stop()
+			return
+		}
+	}
+	for {
+		w.track(w.resumable())
+		resume := w.forward(seg)
+		seg.Stop()
+		if !resume {
+			return
+		}
+		var err error
+		if seg, err = w.open(); err != nil {
+			return // the client watches again, as after the cache closed its watch
+		}
+		segments.WithLabelValues(w.storage.resource.Group, w.storage.resource.Resource).Inc()
+	}
+}
+
+// forward sends one segment's events to the client and tells whether the
+// watch goes on with another segment.
+func (w *resumingWatch) forward(seg *segment) (resume bool) {
+	var round <-chan struct{}
+	var roundNum uint64
+	if w.tracked && w.asked == 0 {
+		round, roundNum = w.storage.manager.currentRound()
+	}
+	for {
+		select {
+		case <-w.ctx.Done():
+			return false
+		case <-round:
+			w.asked = roundNum
+			return true
+		case event, ok := <-seg.ResultChan():
+			if !ok {
+				// Ended by its deadline: the next segment resumes. Closed by
+				// the cache: the client's watch ends as upstream's would.
+				if !errors.Is(seg.ctx.Err(), context.DeadlineExceeded) || w.ctx.Err() != nil || !w.resumable() {
+					return false
+				}
+				// A segment asked for a bookmark sends none when the client
+				// already has the latest resourceVersion.
+				w.served()
+				return true
+			}
+			switch event.Type {
+			case watch.Error:
+				if status, ok := event.Object.(*metav1.Status); ok && status.Code == http.StatusGone {
+					watchGone.WithLabelValues(w.storage.resource.Group, w.storage.resource.Resource).Inc()
+					if w.storage.history != nil {
+						w.storage.history.cacheMovedOn(w.lastRV)
+					}
+				}
+				w.send(event)
+				return false
+			case watch.Bookmark:
+				w.initial = false
+				w.lastRV = resourceVersion(event, w.lastRV)
+				if !w.send(event) {
+					return false
+				}
+				reason := "periodic"
+				if w.asked > 0 {
+					reason = "final"
+				}
+				bookmarksSent.WithLabelValues(w.storage.resource.Group, w.storage.resource.Resource, reason).Inc()
+				w.served()
+				// The next segment starts now, one interval before the next
+				// bookmark.
+				return w.resumable()
+			default:
+				if !w.initial {
+					w.lastRV = resourceVersion(event, w.lastRV)
+				}
+				if !w.send(event) {
+					return false
+				}
+			}
+		}
+	}
+}
+
+// served records that the round of bookmarks asked for was served.
+func (w *resumingWatch) served() {
+	if w.asked > 0 {
+		w.bookmarkedRound.Store(w.asked)
+		w.asked = 0
+	}
+}
+
+func (w *resumingWatch) send(event watch.Event) bool {
+	select {
+	case w.result <- event:
+		return true
+	case <-w.ctx.Done():
+		return false
+	}
+}
+
+// track keeps the manager's set of watches that take bookmarks on demand.
+func (w *resumingWatch) track(take bool) {
+	if take != w.tracked {
+		w.tracked = take
+		w.storage.manager.track(w, take)
+	}
+}
+
+// resourceVersion returns the event's resourceVersion, or last when it has none.
+func resourceVersion(event watch.Event, last uint64) uint64 {
+	o, err := meta.Accessor(event.Object)
+	if err != nil {
+		return last
+	}
+	rv, err := strconv.ParseUint(o.GetResourceVersion(), 10, 64)
+	if err != nil || rv == 0 {
+		return last
+	}
+	return rv
+}
