@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -103,6 +104,7 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 		}
 		stopped := time.Now()
 		restart.do()
+		t.Logf("%s restart: stopped and ready again in %v", restart.name, time.Since(stopped).Round(time.Millisecond))
 		waitUntil(t, time.Minute, restart.name+": reflectors watching again", func() bool { return watchingSince(watchers, stopped) == resumeNodes })
 		for i, w := range watchers {
 			if n := w.lists.Load() - lists[i]; n != 0 {
@@ -116,7 +118,7 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 		}
 		// The resumed watches deliver: a new pod on a node reaches its reflector.
 		node := len(watchers) - 1
-		name := "after-" + restart.name
+		name := "after-" + strings.ToLower(restart.name)
 		createPod(t, client, resumeNamespace, name, watchers[node].node)
 		waitUntil(t, 10*time.Second, restart.name+": the new pod reaching its reflector", func() bool {
 			_, ok, _ := watchers[node].store.GetByKey(resumeNamespace + "/" + name)
