@@ -28,8 +28,9 @@ export CGO_ENABLED := 0
 GO_BUILD := go build -trimpath
 
 .PHONY: build
-build: ## Build Bulwark's kube-apiserver into _output/bin.
+build: ## Build Bulwark's kube-apiserver and bulwarkctl into _output/bin.
 	$(GO_BUILD) -ldflags "$(call version_ldflags,$(VERSION))" -o $(BIN)/kube-apiserver ./cmd/kube-apiserver
+	$(GO_BUILD) -o $(BIN)/bulwarkctl ./cmd/bulwarkctl
 
 .PHONY: upstream
 upstream: ## Build unmodified upstream kube-apiserver from the same module graph.

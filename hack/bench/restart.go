@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -54,41 +55,111 @@ func (w *kubeletWatcher) listWatch(client kubernetes.Interface, node string) *ca
 	}
 }
 
-// restartScenario runs kubelet-style reflectors, restarts the apiserver
-// gracefully, and measures what their recovery costs: relists, the time
-// until every watch is back, and the apiserver's and etcd's work meanwhile.
-func restartScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
+// startKubeletWatchers starts a kubelet-style reflector per node (at most
+// p.RestartWatchers), each group of 100 on its own connection, and waits
+// until all have synced and watch. stop stops them and waits for them.
+func startKubeletWatchers(ctx context.Context, s *server, p Params) (watchers []*kubeletWatcher, stop func(), err error) {
 	n := min(p.RestartWatchers, p.Nodes)
-	watchers := make([]*kubeletWatcher, n)
-	const watchersPerConnection = 100
-	var client kubernetes.Interface
+	watchers = make([]*kubeletWatcher, n)
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
-	// Stop the reflectors, then wait for them, on every return.
-	defer wg.Wait()
-	defer cancel()
+	stop = func() {
+		cancel()
+		wg.Wait()
+	}
+	var reflectors []*cache.Reflector
+	const watchersPerConnection = 100
+	var client kubernetes.Interface
 	for i := range n {
 		if i%watchersPerConnection == 0 {
-			var err error
 			if client, err = kubernetes.NewForConfig(ownConnection(s.cfg, "kubelet/v1.37.2 (linux/amd64) bench")); err != nil {
-				return nil, err
+				stop()
+				return nil, nil, err
 			}
 		}
 		w := &kubeletWatcher{}
 		watchers[i] = w
 		r := cache.NewReflector(w.listWatch(client, nodeName(i)), &corev1.Pod{}, cache.NewStore(cache.MetaNamespaceKeyFunc), 0)
+		reflectors = append(reflectors, r)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			r.RunWithContext(ctx)
 		}()
 	}
-	allWatching := func(since time.Time) bool { return countWatching(watchers, since) == n }
-	if err := poll(ctx, 2*time.Minute, func() bool { return allWatching(time.Time{}) }); err != nil {
-		return nil, fmt.Errorf("initial sync of %d watchers: %w", n, err)
+	// Synced, not only watching: a streaming list's watch starts before the
+	// server has sent its initial events.
+	synced := func() bool {
+		for _, r := range reflectors {
+			if r.LastSyncResourceVersion() == "" {
+				return false
+			}
+		}
+		return countWatching(watchers, time.Time{}) == n
 	}
-	// Let bookmarks and the watch cache settle as in a running cluster.
-	time.Sleep(5 * time.Second)
+	if err := poll(ctx, 5*time.Minute, synced); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("initial sync of %d watchers: %w", n, err)
+	}
+	return watchers, stop, nil
+}
+
+// churnPeriod paces the pod changes during the restart and idle-watchers
+// scenarios: each changes one pod, so one watcher's node.
+const churnPeriod = 50 * time.Millisecond
+
+// churn annotates one pod after another until ctx is done, as pods of a
+// running cluster change: each change is an event for one node's watcher
+// only. It returns the pods it changed, for unchurn.
+func churn(ctx context.Context, s *server, p Params) []int {
+	var changed []int
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return changed
+		case <-time.After(churnPeriod):
+		}
+		j := i * 7919 % p.Pods // spread over the nodes
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{"bench/churn":"%d"}}}`, i)
+		path := s.url + "/api/v1/namespaces/" + nsName(p.podNamespace(j)) + "/pods/" + podName(j)
+		if _, _, err := timed(ctx, s.http, http.MethodPatch, path, goodUserAgent, "application/merge-patch+json", []byte(patch)); err == nil {
+			changed = append(changed, j)
+		}
+	}
+}
+
+// unchurn removes the annotations churn added, so that the next server
+// sees the same data.
+func unchurn(ctx context.Context, s *server, p Params, changed []int) error {
+	for _, j := range changed {
+		path := s.url + "/api/v1/namespaces/" + nsName(p.podNamespace(j)) + "/pods/" + podName(j)
+		if _, _, err := timed(ctx, s.http, http.MethodPatch, path, goodUserAgent, "application/merge-patch+json", []byte(`{"metadata":{"annotations":{"bench/churn":null}}}`)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restartSettle is how long the watchers run, while pods change, before the
+// restart: past one bookmark interval of ours (10 s), well within
+// upstream's (a minute), as a restart meets watchers at any point of it.
+const restartSettle = 15 * time.Second
+
+// restartScenario runs kubelet-style reflectors while pods change,
+// restarts the apiserver gracefully, and measures what their recovery
+// costs: relists, the time until every watch is back, and the apiserver's
+// and etcd's work meanwhile.
+func restartScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
+	watchers, stop, err := startKubeletWatchers(ctx, s, p)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	n := len(watchers)
+	allWatching := func(since time.Time) bool { return countWatching(watchers, since) == n }
+	churnCtx, stopChurn := context.WithTimeout(ctx, restartSettle)
+	changed := churn(churnCtx, s, p)
+	stopChurn()
 
 	listsBefore := int64(0)
 	for _, w := range watchers {
@@ -99,13 +170,24 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 		return nil, err
 	}
 	start := time.Now()
+	// While this replica is down, the cluster goes on: other replicas write
+	// (Leases, Events), so etcd's revision moves past every watcher's.
+	othersCtx, stopOthers := context.WithCancel(ctx)
+	othersDone := make(chan error, 1)
+	go func() { othersDone <- otherReplicasWrite(othersCtx, s.etcdURL) }()
 	// Graceful stop is what is measured: with 10,000 open watches upstream
 	// takes over two minutes, longer than the tests' StopGrace.
 	if err := s.proc.StopWithin(restartStopGrace); err != nil {
+		stopOthers()
 		return nil, fmt.Errorf("graceful stop: %w", err)
 	}
 	stopped := time.Now()
-	if err := s.proc.Start(); err != nil {
+	err = s.proc.Start()
+	stopOthers()
+	if othersErr := <-othersDone; err == nil {
+		err = othersErr
+	}
+	if err != nil {
 		return nil, err
 	}
 	ready := time.Now()
@@ -127,6 +209,9 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	if err != nil {
 		return nil, err
 	}
+	if err := unchurn(ctx, s, p, changed); err != nil {
+		return nil, err
+	}
 	relists := int64(0)
 	for _, w := range watchers {
 		relists += w.lists.Load()
@@ -135,6 +220,7 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	return &measurement{
 		values: []namedValue{
 			{"watchers", "count", float64(n)},
+			{"pods changed before the restart", "count", float64(len(changed))},
 			{"relists after restart", "count", float64(relists)},
 			{"graceful stop", "s", stopped.Sub(start).Seconds()},
 			{"start to ready", "s", ready.Sub(stopped).Seconds()},
@@ -187,4 +273,56 @@ func etcdRangeCount(ctx context.Context, etcdURL string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("etcd /metrics has no etcd_mvcc_range_total")
+}
+
+// idleWatchersDuration is how long the idle-watchers scenario measures.
+const idleWatchersDuration = 30 * time.Second
+
+// idleWatchersScenario measures what watchers cost a server while pods
+// change slowly: the apiserver's CPU with kubelet-style reflectors open,
+// which with Bulwark includes a bookmark per watcher and interval.
+func idleWatchersScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
+	watchers, stop, err := startKubeletWatchers(ctx, s, p)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	before, err := processUsage(s.proc.Pid())
+	if err != nil {
+		return nil, err
+	}
+	churnCtx, stopChurn := context.WithTimeout(ctx, idleWatchersDuration)
+	changed := churn(churnCtx, s, p)
+	stopChurn()
+	after, err := processUsage(s.proc.Pid())
+	if err != nil {
+		return nil, err
+	}
+	if err := unchurn(ctx, s, p, changed); err != nil {
+		return nil, err
+	}
+	return &measurement{values: []namedValue{
+		{"watchers", "count", float64(len(watchers))},
+		{"apiserver CPU per minute", "s", (after.CPUSeconds - before.CPUSeconds) * float64(time.Minute) / float64(idleWatchersDuration)},
+	}}, nil
+}
+
+// otherReplicasWrite writes a key to etcd, as other apiserver replicas
+// write while one restarts, until ctx is done.
+func otherReplicasWrite(ctx context.Context, etcdURL string) error {
+	client, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 10 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+		if _, err := client.Put(ctx, "/registry/bench/other-replicas", strconv.Itoa(i)); err != nil && ctx.Err() == nil {
+			return err
+		}
+	}
 }

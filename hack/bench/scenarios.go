@@ -102,6 +102,7 @@ func scenarios(p Params) []scenario {
 		scenario{name: "reconnect storm", run: stormScenario},
 		scenario{name: "cost: flooder LISTs", run: costScenario(asFlooder, floodUserAgent)},
 		scenario{name: "cost: failed authentication", run: costScenario(withBadToken, goodUserAgent)},
+		scenario{name: "idle watchers", run: idleWatchersScenario},
 		scenario{name: "restart", run: restartScenario},
 	)
 }

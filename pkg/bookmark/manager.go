@@ -23,6 +23,8 @@ package bookmark
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,11 +173,14 @@ func (m *Manager) bookmarkAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), finalBookmarkTimeout)
 	defer cancel()
 	m.mu.Lock()
-	for b := range m.stores {
+	stores := slices.Collect(maps.Keys(m.stores))
+	m.mu.Unlock()
+	for _, b := range stores {
 		if err := b.RequestWatchProgress(ctx); err != nil {
 			klog.ErrorS(err, "Requesting watch progress for the last bookmarks", "resource", b.resource)
 		}
 	}
+	m.mu.Lock()
 	close(m.round)
 	m.round = make(chan struct{})
 	m.roundNum++

@@ -14,6 +14,8 @@ type Binaries struct {
 	Upstream string
 	// Etcd is etcd built from the same module graph.
 	Etcd string
+	// Bulwarkctl installs Bulwark into kubeadm's manifests.
+	Bulwarkctl string
 	// EnvtestAssets is what `make envtest-assets` made: a directory for
 	// envtest's KUBEBUILDER_ASSETS.
 	EnvtestAssets string
@@ -31,9 +33,10 @@ func Bins(t testing.TB) Binaries {
 		APIServer:     filepath.Join(dir, "kube-apiserver"),
 		Upstream:      filepath.Join(dir, "kube-apiserver-upstream"),
 		Etcd:          filepath.Join(dir, "etcd"),
+		Bulwarkctl:    filepath.Join(dir, "bulwarkctl"),
 		EnvtestAssets: os.Getenv("BULWARK_ENVTEST_ASSETS"),
 	}
-	for _, p := range []string{b.APIServer, b.Upstream, b.Etcd, filepath.Join(b.EnvtestAssets, "kube-apiserver"), filepath.Join(b.EnvtestAssets, "etcd")} {
+	for _, p := range []string{b.APIServer, b.Upstream, b.Etcd, b.Bulwarkctl, filepath.Join(b.EnvtestAssets, "kube-apiserver"), filepath.Join(b.EnvtestAssets, "etcd")} {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("missing binary (build with `make binaries`): %v", err)
 		}
