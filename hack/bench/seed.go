@@ -115,8 +115,19 @@ func seed(ctx context.Context, etcdURL string, d Data) (time.Duration, error) {
 		}
 		return nil
 	})
-	err = g.Wait()
-	return time.Since(start), err
+	if err := g.Wait(); err != nil {
+		return 0, err
+	}
+	// A running cluster's etcd keeps minutes of history: the apiserver
+	// compacts it every 5 minutes. Seeding is not history.
+	resp, err := client.Get(context.Background(), "/registry/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	if _, err := client.Compact(context.Background(), resp.Header.Revision); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
 }
 
 func meta(name, namespace string, now metav1.Time) metav1.ObjectMeta {

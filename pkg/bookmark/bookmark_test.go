@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -27,7 +28,6 @@ import (
 	etcd3testing "k8s.io/apiserver/pkg/storage/etcd3/testing"
 	"k8s.io/apiserver/pkg/storage/storagebackend"
 	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"k8s.io/component-base/metrics/testutil"
 )
 
@@ -326,10 +326,10 @@ func TestStartHistory(t *testing.T) {
 	before, destroyBefore := e.newStorage(t, newManager(t, Config{Interval: time.Second}))
 	put(t, before, pod("ns", "a", map[string]string{"app": "x"}))
 	from := put(t, before, pod("ns", "b", map[string]string{"app": "x"}))
-	put(t, before, pod("ns", "a", map[string]string{"app": "x", "v": "2"}))  // modified
-	put(t, before, pod("ns", "b", map[string]string{"app": "y"}))            // leaves the selector
-	put(t, before, pod("ns", "c", map[string]string{"app": "x"}))            // created
-	put(t, before, pod("other", "a", map[string]string{"app": "x"}))         // another namespace
+	put(t, before, pod("ns", "a", map[string]string{"app": "x", "v": "2"})) // modified
+	put(t, before, pod("ns", "b", map[string]string{"app": "y"}))           // leaves the selector
+	put(t, before, pod("ns", "c", map[string]string{"app": "x"}))           // created
+	put(t, before, pod("other", "a", map[string]string{"app": "x"}))        // another namespace
 	put(t, before, pod("ns", "b", map[string]string{"app": "x", "v": "3"})) // comes back
 	last := remove(t, before, "ns", "a")
 

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -51,21 +51,28 @@ type history struct {
 
 	filled chan struct{} // closed when the read ended, successfully or not
 
-	mu     sync.RWMutex
-	events []historyEvent
+	mu     sync.Mutex
+	events []*historyEvent
 	// from and to bound the resourceVersions a watch resumes from through
 	// the history: it has every event after from, up to to.
 	from, to uint64
 	bytes    int64
 }
 
-// historyEvent is one change of one object, as the watch cache records it.
+// historyEvent is one change of one object, as etcd stored it. Objects are
+// decoded when a watch first replays the event: most of a history is never
+// replayed (a watch resumes from a recent resourceVersion), and an object
+// takes a few times its stored size once decoded.
 type historyEvent struct {
-	rev  uint64
-	key  string
-	obj  runtime.Object // nil when deleted
-	prev runtime.Object // nil when created
-	size int64
+	rev     uint64
+	key     string // the storage key; etcd's has storagePrefix before it
+	value   []byte // nil when deleted
+	prev    []byte // the previous version, nil when created
+	prevRev int64
+	size    int64
+
+	decoded         bool
+	obj, prevObject runtime.Object
 }
 
 func newHistory(config *storagebackend.ConfigForResource, resourcePrefix string, budget int64) *history {
@@ -110,10 +117,11 @@ func (h *history) fill(ctx context.Context, cache storage.Interface) {
 		}
 		return
 	}
-	h.mu.RLock()
-	klog.InfoS("Read the start history", "resource", h.resource, "events", len(h.events), "bytes", h.bytes, "fromRV", h.from, "toRV", h.to, "duration", time.Since(start))
-	h.mu.RUnlock()
-	setHistorySize(h.resource, len(h.events), h.bytes)
+	h.mu.Lock()
+	events, bytes, from := len(h.events), h.bytes, h.from
+	h.mu.Unlock()
+	klog.InfoS("Read the start history", "resource", h.resource, "events", events, "bytes", bytes, "fromRV", from, "toRV", to, "duration", time.Since(start))
+	setHistorySize(h.resource, events, bytes)
 	filled()
 	select {
 	case <-ctx.Done():
@@ -174,7 +182,7 @@ func (h *history) readFrom(ctx context.Context, client *clientv3.Client, rev int
 			}
 		}
 	}()
-	last := map[string]runtime.Object{} // each key's latest object, the next event's previous one
+	last := map[string]*historyEvent{} // by storage key, the latest version in the history: the next one's previous
 	for resp := range watchChan {
 		if resp.CompactRevision > 0 {
 			return false, resp.CompactRevision, nil
@@ -186,9 +194,7 @@ func (h *history) readFrom(ctx context.Context, client *clientv3.Client, rev int
 			if uint64(e.Kv.ModRevision) > to {
 				return true, 0, nil
 			}
-			if err := h.add(ctx, e, last); err != nil {
-				return false, 0, err
-			}
+			h.add(e, last)
 		}
 		if resp.IsProgressNotify() && uint64(resp.Header.Revision) >= to {
 			return true, 0, nil
@@ -197,43 +203,60 @@ func (h *history) readFrom(ctx context.Context, client *clientv3.Client, rev int
 	return false, 0, ctx.Err()
 }
 
-// add decodes one etcd event into the history, dropping the oldest events
-// while the history is over budget.
-func (h *history) add(ctx context.Context, e *clientv3.Event, last map[string]runtime.Object) error {
+// add records one etcd event, dropping the oldest events while the
+// history is over budget.
+func (h *history) add(e *clientv3.Event, last map[string]*historyEvent) {
 	key := string(e.Kv.Key)
-	ev := historyEvent{rev: uint64(e.Kv.ModRevision), key: strings.TrimPrefix(key, h.storagePrefix), size: int64(len(e.Kv.Key) + len(e.Kv.Value))}
+	ev := &historyEvent{rev: uint64(e.Kv.ModRevision), key: strings.TrimPrefix(key, h.storagePrefix)}
+	if e.Type == clientv3.EventTypePut {
+		ev.value = e.Kv.Value
+	}
 	if e.PrevKv != nil {
-		ev.size += int64(len(e.PrevKv.Value))
-		if prev, ok := last[key]; ok {
-			ev.prev = prev
-		} else {
-			prev, err := h.decode(ctx, key, e.PrevKv.Value, e.PrevKv.ModRevision)
-			if err != nil {
-				return err
-			}
-			ev.prev = prev
+		ev.prev, ev.prevRev = e.PrevKv.Value, e.PrevKv.ModRevision
+		if p, ok := last[ev.key]; ok {
+			ev.prev = p.value // the same bytes, kept once
 		}
 	}
+	ev.size = int64(len(key) + len(ev.value) + len(ev.prev))
 	if e.Type == clientv3.EventTypePut {
-		obj, err := h.decode(ctx, key, e.Kv.Value, e.Kv.ModRevision)
-		if err != nil {
-			return err
-		}
-		ev.obj = obj
-		last[key] = obj
+		last[ev.key] = ev
 	} else {
-		delete(last, key)
+		delete(last, ev.key)
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.events = append(h.events, ev)
 	h.bytes += ev.size
 	for h.bytes > h.budget && len(h.events) > 0 {
-		h.bytes -= h.events[0].size
-		h.from = h.events[0].rev
-		h.events[0] = historyEvent{}
+		oldest := h.events[0]
+		h.bytes -= oldest.size
+		h.from = oldest.rev
+		if last[oldest.key] == oldest {
+			delete(last, oldest.key) // or it would keep what the budget let go
+		}
+		h.events[0] = nil
 		h.events = h.events[1:]
 	}
+}
+
+// decodeEvent decodes an event's objects, once; h.mu is held.
+func (h *history) decodeEvent(ctx context.Context, e *historyEvent) error {
+	if e.decoded {
+		return nil
+	}
+	etcdKey := h.storagePrefix + e.key
+	var err error
+	if e.value != nil {
+		if e.obj, err = h.decode(ctx, etcdKey, e.value, int64(e.rev)); err != nil {
+			return err
+		}
+	}
+	if e.prev != nil {
+		if e.prevObject, err = h.decode(ctx, etcdKey, e.prev, e.prevRev); err != nil {
+			return err
+		}
+	}
+	e.decoded = true
 	return nil
 }
 
@@ -264,8 +287,8 @@ func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64,
 	case <-time.After(historyWait):
 		return nil, 0, false
 	}
-	h.mu.RLock()
-	defer h.mu.RUnlock()
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if h.to == 0 || rv < h.from || rv >= h.to {
 		return nil, 0, false
 	}
@@ -280,12 +303,15 @@ func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64,
 		ok, err := pred.Matches(obj)
 		return err == nil && ok
 	}
-	for i := range h.events {
-		e := &h.events[i]
+	for _, e := range h.events {
 		if e.rev <= rv {
 			continue
 		}
-		cur, old := matches(e, e.obj), matches(e, e.prev)
+		if err := h.decodeEvent(ctx, e); err != nil {
+			klog.ErrorS(err, "Decoding the start history; the watch gets the cache's answer", "resource", h.resource)
+			return nil, 0, false
+		}
+		cur, old := matches(e, e.obj), matches(e, e.prevObject)
 		switch {
 		case cur && !old:
 			events = append(events, watch.Event{Type: watch.Added, Object: e.obj})
@@ -293,7 +319,7 @@ func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64,
 			events = append(events, watch.Event{Type: watch.Modified, Object: e.obj})
 		case old:
 			// As the cache: the previous object at the event's resourceVersion.
-			deleted := e.prev.DeepCopyObject()
+			deleted := e.prevObject.DeepCopyObject()
 			if err := h.versioner.UpdateObject(deleted, e.rev); err != nil {
 				return nil, 0, false
 			}
@@ -307,9 +333,9 @@ func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64,
 // rv: if that is where the history hands watches over, the cache's own
 // history no longer reaches it and the history is of no more use.
 func (h *history) cacheMovedOn(rv uint64) {
-	h.mu.RLock()
+	h.mu.Lock()
 	handover := rv == h.to
-	h.mu.RUnlock()
+	h.mu.Unlock()
 	if handover {
 		h.release()
 	}
