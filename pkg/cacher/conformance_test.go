@@ -25,7 +25,7 @@ import (
 
 // newConformanceStorage builds the storage the apiserver builds for a
 // resource with label indexes — upstream's StorageWithCacher (etcd3 storage,
-// watch cache, cache delegator) over a real etcd, decorated by LabelIndexes —
+// watch cache, cache delegator) over a real etcd, decorated by Indexes —
 // for upstream's example Pods, the type upstream's storage tests use.
 func newConformanceStorage(t *testing.T) (storage.Interface, storagetesting.IncreaseRVFunc) {
 	scheme := runtime.NewScheme()
@@ -39,7 +39,8 @@ func newConformanceStorage(t *testing.T) (storage.Interface, storagetesting.Incr
 	t.Cleanup(func() { server.Terminate(t) })
 	config.Codec = codec
 	gr := schema.GroupResource{Resource: "pods"}
-	decorate := LabelIndexes{gr: {"foo", "app"}}.Decorate(genericregistry.StorageWithCacher())
+	indexes := Indexes{Labels: map[schema.GroupResource][]string{gr: {"foo", "app"}}, Fields: map[schema.GroupResource][]string{gr: {"status.phase"}}}
+	decorate := indexes.Decorate(genericregistry.StorageWithCacher())
 	const prefix = "/pods/"
 	resourceConfig := config.ForResource(gr)
 	resourceConfig.EventsHistoryWindow = cacherstorage.DefaultEventFreshDuration
@@ -52,7 +53,7 @@ func newConformanceStorage(t *testing.T) (storage.Interface, storagetesting.Incr
 		t.Fatal(err)
 	}
 	t.Cleanup(destroy)
-	if _, ok := s.(*labelIndexedStorage); !ok {
+	if _, ok := s.(*indexedStorage); !ok {
 		t.Fatalf("storage %T is not label-indexed", s)
 	}
 	// The tests expect a storage that serves; the cache fills first.

@@ -1,6 +1,6 @@
 // Package cacher is Bulwark's layer over upstream's watch cache: storage
 // decorators, installed through the RESTOptionsGetters of every server, that
-// add label indexes to the watch caches (LabelIndexes) and record which
+// add label and field indexes to the watch caches (Indexes) and record which
 // resources' watch caches are filled (Readiness).
 package cacher
 

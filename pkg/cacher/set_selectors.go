@@ -32,7 +32,7 @@ type setLookup struct {
 // from an index had it asked for a single value: a first page (a continue
 // token is served from an exact snapshot, without indexes), at the latest
 // or a not-older-than resourceVersion, and not already served by an index.
-func (s *labelIndexedStorage) findSetLookup(ctx context.Context, opts storage.ListOptions) (setLookup, bool) {
+func (s *indexedStorage) findSetLookup(ctx context.Context, opts storage.ListOptions) (setLookup, bool) {
 	p := opts.Predicate
 	switch {
 	case p.Continue != "", p.Label == nil, p.ShardSelector != nil && !p.ShardSelector.Empty():
@@ -76,7 +76,7 @@ func (s *labelIndexedStorage) findSetLookup(ctx context.Context, opts storage.Li
 // The LISTs after the first ask for not-older-than that resourceVersion; if
 // the resource changed in between they answer a newer one, and served is
 // false: the caller falls back to the scan.
-func (s *labelIndexedStorage) listSet(ctx context.Context, key string, opts storage.ListOptions, lookup setLookup, listObj runtime.Object) (served bool, err error) {
+func (s *indexedStorage) listSet(ctx context.Context, key string, opts storage.ListOptions, lookup setLookup, listObj runtime.Object) (served bool, err error) {
 	limit := opts.Predicate.Limit
 	if opts.ResourceVersion == "0" {
 		limit = 0 // upstream ignores the limit of a LIST from any cached version

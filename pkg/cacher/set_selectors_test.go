@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apiserver/pkg/apis/example"
 	"k8s.io/apiserver/pkg/storage"
@@ -24,7 +25,7 @@ func TestSetSelectors(t *testing.T) {
 	RegisterMetrics()
 	storagemetrics.Register()
 	s, _ := newConformanceStorage(t)
-	indexed := s.(*labelIndexedStorage)
+	indexed := s.(*indexedStorage)
 	ctx := context.Background()
 	for i := range 60 {
 		pod := &example.Pod{ObjectMeta: metav1.ObjectMeta{
@@ -32,6 +33,9 @@ func TestSetSelectors(t *testing.T) {
 			Name:      fmt.Sprintf("pod-%02d", i),
 			Labels:    map[string]string{"app": fmt.Sprintf("a%d", i%5), "tier": fmt.Sprintf("t%d", i%2)},
 		}}
+		if i%3 == 0 {
+			pod.Status.Phase = example.PodPhase("Running")
+		}
 		if i%7 == 0 {
 			delete(pod.Labels, "app")
 		}
@@ -72,7 +76,7 @@ func TestSetSelectors(t *testing.T) {
 				ResourceVersion:      tt.resourceVersion,
 				ResourceVersionMatch: tt.match,
 				Recursive:            true,
-				Predicate:            storage.SelectionPredicate{Label: selector, Field: everything.Field, GetAttrs: examplePodAttrs, Limit: tt.limit},
+				Predicate:            storage.SelectionPredicate{Label: selector, Field: fields.Everything(), GetAttrs: examplePodAttrs, Limit: tt.limit},
 			}
 			if opts.ResourceVersion == "current" {
 				current, err := s.GetCurrentResourceVersion(ctx)
@@ -110,16 +114,26 @@ func TestSetSelectors(t *testing.T) {
 		})
 	}
 
+	// A configured field index serves its equality selector, with the same answer as the scan.
+	phase, _ := fields.ParseSelector("status.phase=Running")
+	opts := storage.ListOptions{Recursive: true, Predicate: storage.SelectionPredicate{Label: labels.Everything(), Field: phase, GetAttrs: examplePodAttrs}}
+	got := listPages(t, indexed, "/pods/", opts)
+	opts.ResourceVersion, opts.ResourceVersionMatch = fmt.Sprint(got.resourceVersion), metav1.ResourceVersionMatchExact
+	if want := listPages(t, indexed.Interface, "/pods/", opts); len(got.names) == 0 || !slices.Equal(got.names, want.names) {
+		t.Errorf("status.phase=Running: %v, upstream's scan: %v", got.names, want.names)
+	}
+	if n := indexLists(t, "f:status.phase"); n == 0 {
+		t.Errorf("no LIST of pods used the index f:status.phase")
+	}
+
 	// An equality on an indexed label is upstream's own index lookup: the
 	// decorator names the indexed labels in every LIST's predicate.
 	selector := labels.SelectorFromSet(labels.Set{"app": "a1"})
-	listPages(t, indexed, "/pods/", storage.ListOptions{Recursive: true, Predicate: storage.SelectionPredicate{Label: selector, Field: everything.Field, GetAttrs: examplePodAttrs}})
+	listPages(t, indexed, "/pods/", storage.ListOptions{Recursive: true, Predicate: storage.SelectionPredicate{Label: selector, Field: fields.Everything(), GetAttrs: examplePodAttrs}})
 	if n := indexLists(t, "l:app"); n == 0 {
 		t.Errorf("no LIST of pods used the index l:app")
 	}
 }
-
-var everything = storage.Everything
 
 // pages is what a LIST returned, all pages together.
 type pages struct {

@@ -35,7 +35,7 @@ type additions struct {
 	shedder *filters.OverloadShedder
 	// maxHandshakes is 0 when TLS handshakes are not bounded.
 	maxHandshakes int
-	labelIndexes  cacher.LabelIndexes
+	indexes       cacher.Indexes
 	bookmarks     *bookmark.Manager
 }
 
@@ -55,8 +55,8 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	if a.bookmarks, err = bookmark.NewManager(o.BookmarkConfig()); err != nil {
 		return nil, fmt.Errorf("--watch-bookmark-interval, --watch-cache-start-history-budget: %w", err)
 	}
-	if a.labelIndexes, err = cacher.ParseLabelIndexes(o.WatchCacheLabelIndexes); err != nil {
-		return nil, fmt.Errorf("--watch-cache-label-indexes: %w", err)
+	if a.indexes, err = cacher.ParseIndexes(o.WatchCacheLabelIndexes, o.WatchCacheFieldIndexes); err != nil {
+		return nil, fmt.Errorf("--watch-cache-label-indexes, --watch-cache-field-indexes: %w", err)
 	}
 	go a.shedder.Run(ctx)
 	if o.CacheNotReadyGate {
@@ -71,7 +71,7 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	return a, nil
 }
 
-// customizeConfig adds label indexes to the watch caches, serves watches
+// customizeConfig adds label and field indexes to the watch caches, serves watches
 // with bookmarks and start histories, records every
 // resource's storage for the cache-not-ready gate, bounds the TLS handshakes
 // of the secure port, and puts Bulwark's filters around upstream's handler
@@ -85,8 +85,8 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		&config.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter,
 		&config.Aggregator.GenericConfig.RESTOptionsGetter,
 	} {
-		if len(a.labelIndexes) > 0 {
-			*getter = cacher.WithStorageDecorator(*getter, a.labelIndexes.Decorate)
+		if len(a.indexes.Labels) > 0 || len(a.indexes.Fields) > 0 {
+			*getter = cacher.WithStorageDecorator(*getter, a.indexes.Decorate)
 		}
 		*getter = cacher.WithStorageDecorator(*getter, a.bookmarks.Decorate)
 		if a.caches != nil {

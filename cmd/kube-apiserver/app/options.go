@@ -39,6 +39,8 @@ type Options struct {
 	MaxConcurrentTLSHandshakes int
 	// WatchCacheLabelIndexes are resource:label-key pairs the watch caches index.
 	WatchCacheLabelIndexes []string
+	// WatchCacheFieldIndexes are resource:field pairs the watch caches index.
+	WatchCacheFieldIndexes []string
 	// WatchBookmarkInterval is how often a watcher receives a bookmark.
 	WatchBookmarkInterval time.Duration
 	// WatchCacheStartHistoryBudget bounds the start history of each watch cache.
@@ -107,6 +109,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.WatchCacheLabelIndexes, "watch-cache-label-indexes", o.WatchCacheLabelIndexes,
 		"Labels the watch cache indexes, as resource[.group]:label-key (e.g. pods:app, deployments.apps:app.kubernetes.io/name). "+
 			"A LIST whose label selector requires one value of an indexed label reads only the objects with that value. Empty: no label indexes.")
+	fs.StringSliceVar(&o.WatchCacheFieldIndexes, "watch-cache-field-indexes", o.WatchCacheFieldIndexes,
+		"Fields the watch cache indexes beyond upstream's (spec.nodeName of pods), as resource[.group]:field, a field the resource's "+
+			"field selectors support (e.g. pods:status.phase, pods:spec.schedulerName). A LIST whose field selector requires one value of it reads only the objects with that value.")
 	fs.DurationVar(&o.WatchBookmarkInterval, "watch-bookmark-interval", o.WatchBookmarkInterval,
 		"How often every watcher that allows bookmarks receives one, with the revision etcd has reached, so that after a restart it resumes "+
 			"instead of relisting; it also gets a last one on graceful termination. At least 1s; 0 leaves upstream's (about a minute).")
