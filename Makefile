@@ -68,10 +68,15 @@ test: test-unit test-integration ## All tests; what CI runs.
 test-unit:
 	go test ./cmd/... ./internal/... ./pkg/... ./hack/...
 
+.PHONY: haproxy
+haproxy: ## HAProxy from Debian's packages, the load balancer of the scale-out test.
+	@command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy >/dev/null) || \
+	  (echo "haproxy is missing and could not be installed from Debian's packages" >&2; exit 1)
+
 # Integration tests start real etcd and apiserver processes: one package at
 # a time, so two apiservers never compete for the two cores of a CI machine.
 .PHONY: test-integration
-test-integration: binaries envtest-assets image
+test-integration: binaries envtest-assets image haproxy
 	BULWARK_BIN_DIR=$(CURDIR)/$(BIN) BULWARK_ENVTEST_ASSETS=$(CURDIR)/$(ENVTEST_ASSETS) BULWARK_IMAGE_DIR=$(CURDIR)/$(IMAGE_DIR) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
 
 FUZZTIME ?= 1m

@@ -37,39 +37,51 @@ type Etcd struct {
 // StartEtcd starts a single-member etcd on free loopback ports and waits
 // until it is healthy.
 func StartEtcd(c EtcdConfig) (*Etcd, error) {
-	clientPort, err := FreePort()
+	members, err := StartEtcdCluster(c, 1)
 	if err != nil {
 		return nil, err
 	}
-	peerPort, err := FreePort()
-	if err != nil {
-		return nil, err
-	}
+	return members[0], nil
+}
+
+// StartEtcdCluster starts an etcd cluster of n members on free loopback
+// ports (data and logs in Dir, one per member) and waits until every member
+// is healthy.
+func StartEtcdCluster(c EtcdConfig, n int) ([]*Etcd, error) {
 	scheme := "http"
 	if c.TLS != nil {
 		scheme = "https"
 	}
-	clientURL := fmt.Sprintf("%s://127.0.0.1:%d", scheme, clientPort)
-	peerURL := fmt.Sprintf("http://127.0.0.1:%d", peerPort)
-	dataDir := filepath.Join(c.Dir, "etcd-data")
-	args := []string{
-		"--name=local",
-		"--data-dir=" + dataDir,
-		"--listen-client-urls=" + clientURL,
-		"--advertise-client-urls=" + clientURL,
-		"--listen-peer-urls=" + peerURL,
-		"--initial-advertise-peer-urls=" + peerURL,
-		"--initial-cluster=local=" + peerURL,
-		"--log-level=warn",
+	type member struct{ name, clientURL, peerURL, dataDir, log string }
+	members := make([]member, n)
+	var initialCluster []string
+	for i := range members {
+		clientPort, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		peerPort, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		m := member{name: "local", dataDir: filepath.Join(c.Dir, "etcd-data"), log: "etcd.log"}
+		if n > 1 {
+			m = member{name: fmt.Sprintf("member-%d", i), dataDir: filepath.Join(c.Dir, fmt.Sprintf("etcd-data-%d", i)), log: fmt.Sprintf("etcd-%d.log", i)}
+		}
+		m.clientURL = fmt.Sprintf("%s://127.0.0.1:%d", scheme, clientPort)
+		m.peerURL = fmt.Sprintf("http://127.0.0.1:%d", peerPort)
+		members[i] = m
+		initialCluster = append(initialCluster, m.name+"="+m.peerURL)
 	}
 	client := http.DefaultClient
+	var tlsArgs []string
 	if c.TLS != nil {
-		args = append(args,
+		tlsArgs = []string{
 			"--client-cert-auth",
-			"--trusted-ca-file="+c.TLS.EtcdCA.Cert,
-			"--cert-file="+c.TLS.EtcdServer.Cert,
-			"--key-file="+c.TLS.EtcdServer.Key,
-		)
+			"--trusted-ca-file=" + c.TLS.EtcdCA.Cert,
+			"--cert-file=" + c.TLS.EtcdServer.Cert,
+			"--key-file=" + c.TLS.EtcdServer.Key,
+		}
 		rt, err := transport.New(&transport.Config{TLS: transport.TLSConfig{
 			CAFile: c.TLS.EtcdCA.Cert, CertFile: c.TLS.EtcdClient.Cert, KeyFile: c.TLS.EtcdClient.Key,
 		}})
@@ -78,16 +90,39 @@ func StartEtcd(c EtcdConfig) (*Etcd, error) {
 		}
 		client = &http.Client{Transport: rt}
 	}
-	p, err := StartProcess("etcd", filepath.Join(c.Dir, "etcd.log"), c.Binary, append(args, c.ExtraArgs...)...)
-	if err != nil {
-		return nil, err
+	var started []*Etcd
+	stopAll := func() {
+		for _, e := range started {
+			e.Kill()
+		}
 	}
-	e := &Etcd{Process: p, ClientURL: clientURL, DataDir: dataDir}
-	if err := waitFor(p, time.Minute, func() error { return etcdHealthy(client, clientURL) }); err != nil {
-		p.Kill()
-		return nil, err
+	// Every member starts before any is waited for: a cluster needs a quorum.
+	for _, m := range members {
+		args := []string{
+			"--name=" + m.name,
+			"--data-dir=" + m.dataDir,
+			"--listen-client-urls=" + m.clientURL,
+			"--advertise-client-urls=" + m.clientURL,
+			"--listen-peer-urls=" + m.peerURL,
+			"--initial-advertise-peer-urls=" + m.peerURL,
+			"--initial-cluster=" + strings.Join(initialCluster, ","),
+			"--log-level=warn",
+		}
+		args = append(append(args, tlsArgs...), c.ExtraArgs...)
+		p, err := StartProcess("etcd", filepath.Join(c.Dir, m.log), c.Binary, args...)
+		if err != nil {
+			stopAll()
+			return nil, err
+		}
+		started = append(started, &Etcd{Process: p, ClientURL: m.clientURL, DataDir: m.dataDir})
 	}
-	return e, nil
+	for _, e := range started {
+		if err := waitFor(e.Process, time.Minute, func() error { return etcdHealthy(client, e.ClientURL) }); err != nil {
+			stopAll()
+			return nil, err
+		}
+	}
+	return started, nil
 }
 
 func etcdHealthy(client *http.Client, clientURL string) error {

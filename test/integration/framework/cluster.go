@@ -24,6 +24,20 @@ func StartEtcd(t testing.TB, opts EtcdOptions) *localcluster.Etcd {
 	return e
 }
 
+// StartEtcdCluster starts an etcd cluster of n members that is stopped
+// when the test ends.
+func StartEtcdCluster(t testing.TB, n int) []*localcluster.Etcd {
+	t.Helper()
+	members, err := localcluster.StartEtcdCluster(localcluster.EtcdConfig{Binary: Bins(t).Etcd, Dir: t.TempDir()}, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range members {
+		t.Cleanup(func() { finish(t, m.Process) })
+	}
+	return members
+}
+
 // APIServerOptions configure StartAPIServer; see localcluster.APIServerConfig.
 type APIServerOptions struct {
 	// Binary defaults to Bulwark's kube-apiserver.
@@ -35,6 +49,8 @@ type APIServerOptions struct {
 	Port    int
 	Args    []string
 	Replace bool
+	// Name names the process and its log (several servers in one test).
+	Name string
 }
 
 // APIServer is a running apiserver of a test.
@@ -56,7 +72,7 @@ func StartAPIServer(t testing.TB, opts APIServerOptions) *APIServer {
 		}
 	}
 	s, err := localcluster.StartAPIServer(localcluster.APIServerConfig{
-		Binary: opts.Binary, Dir: t.TempDir(), PKI: opts.PKI, Port: opts.Port,
+		Binary: opts.Binary, Name: opts.Name, Dir: t.TempDir(), PKI: opts.PKI, Port: opts.Port,
 		Etcd: opts.Etcd, Args: opts.Args, Replace: opts.Replace,
 	})
 	if err != nil {
