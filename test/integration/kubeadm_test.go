@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kubeadmapi "k8s.io/kubernetes/cmd/kubeadm/app/apis/kubeadm"
+	certsphase "k8s.io/kubernetes/cmd/kubeadm/app/phases/certs"
 	"k8s.io/kubernetes/cmd/kubeadm/app/phases/controlplane"
 	kubeadmconfig "k8s.io/kubernetes/cmd/kubeadm/app/util/config"
 	"sigs.k8s.io/yaml"
@@ -21,25 +22,32 @@ import (
 )
 
 // TestKubeadmSwap installs Bulwark the way an operator does on a kubeadm
-// control plane: kubeadm's own code writes its kube-apiserver static-pod
-// manifest (the cluster's etcd is external and secured with client
-// certificates, as in production); bulwarkctl swaps in Bulwark's image and
-// flags; the binary then runs with exactly the swapped manifest's command
-// line and serves, with Bulwark's flags in force; bulwarkctl rollback
-// restores kubeadm's manifest byte for byte.
+// control plane: kubeadm's own certs and control-plane phases write the
+// certificates and the kube-apiserver static-pod manifest (etcd is external,
+// secured with kubeadm's etcd certificates); bulwarkctl swaps in Bulwark's
+// image and flags; the binary then runs with exactly the swapped manifest's
+// command line and serves, with Bulwark's flags in force; bulwarkctl
+// rollback restores kubeadm's manifest byte for byte.
 func TestKubeadmSwap(t *testing.T) {
 	bins := framework.Bins(t)
-	bundle, err := pki.Ensure(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	etcd := framework.StartEtcd(t, framework.EtcdOptions{TLS: bundle})
-
 	cfg, err := kubeadmconfig.DefaultedStaticInitConfiguration()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.CertificatesDir = bundle.Dir
+	// kubeadm's certs phase writes the cluster's certificates (with the
+	// etcd ones, as for its local etcd); the bundle adds only an admin
+	// client certificate, signed by kubeadm's CA.
+	port := framework.FreePort(t)
+	cfg.CertificatesDir = t.TempDir()
+	cfg.LocalAPIEndpoint = kubeadmapi.APIEndpoint{AdvertiseAddress: "127.0.0.1", BindPort: int32(port)}
+	if err := certsphase.CreatePKIAssets(cfg); err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := pki.Ensure(cfg.CertificatesDir, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcd := framework.StartEtcd(t, framework.EtcdOptions{TLS: bundle})
 	cfg.Etcd.Local = nil
 	cfg.Etcd.External = &kubeadmapi.ExternalEtcd{
 		Endpoints: []string{etcd.ClientURL},
@@ -52,8 +60,7 @@ func TestKubeadmSwap(t *testing.T) {
 	cfg.APIServer.ExtraArgs = append(cfg.APIServer.ExtraArgs,
 		kubeadmapi.Arg{Name: "bind-address", Value: "127.0.0.1"},
 		kubeadmapi.Arg{Name: "endpoint-reconciler-type", Value: "none"})
-	port := framework.FreePort(t)
-	endpoint := &kubeadmapi.APIEndpoint{AdvertiseAddress: "127.0.0.1", BindPort: int32(port)}
+	endpoint := &cfg.LocalAPIEndpoint
 	root := t.TempDir()
 	manifests := filepath.Join(root, "manifests")
 	if err := controlplane.CreateStaticPodFiles(manifests, "", &cfg.ClusterConfiguration, endpoint, false, "kube-apiserver"); err != nil {
