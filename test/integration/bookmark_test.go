@@ -3,6 +3,8 @@ package integration
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -42,9 +45,11 @@ const (
 // node keep changing, so that only bookmarks move the reflectors'
 // resourceVersions. The apiserver is restarted gracefully and then killed
 // with SIGKILL; every reflector must resume its watch without a single LIST.
-// A watcher of the changing pods (client-go's RetryWatcher, which resumes
-// from the last resourceVersion it saw) must see every acknowledged write
-// once, in order, across both restarts.
+// The other node's pods change at random (changes, creations, deletions;
+// the seed is printed, BULWARK_SEED repeats it): a watcher of them
+// (client-go's RetryWatcher, which resumes from the last resourceVersion it
+// saw) must see every acknowledged write once, in order, across both
+// restarts.
 func TestWatchesResumeAcrossRestarts(t *testing.T) {
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
 	server := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{
@@ -81,7 +86,15 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 	}
 	waitUntil(t, time.Minute, "reflectors watching", func() bool { return watchingSince(watchers, time.Time{}) == resumeNodes })
 
-	churn := &churnWriter{client: client}
+	seed := uint64(time.Now().UnixNano())
+	if v := os.Getenv("BULWARK_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("BULWARK_SEED: %v", err)
+		}
+	}
+	t.Logf("churn seed %d (BULWARK_SEED=%d repeats it)", seed, seed)
+	churn := newChurnWriter(client, seed)
 	go churn.run(ctx)
 	events := watchChurn(ctx, t, client, startRV)
 
@@ -127,10 +140,13 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 	}
 
 	acknowledged := churn.stop()
-	last := acknowledged[len(acknowledged)-1]
+	var last uint64
+	for _, write := range acknowledged {
+		last = max(last, write.rv)
+	}
 	waitUntil(t, 10*time.Second, "the churn watcher reaching the last write", func() bool {
 		got := events.get()
-		return len(got) > 0 && got[len(got)-1].rv >= last.rv
+		return len(got) > 0 && got[len(got)-1].rv >= last
 	})
 	got := events.get()
 	for i := 1; i < len(got); i++ {
@@ -138,12 +154,18 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 			t.Fatalf("churn watcher: event %v after %v (out of order or duplicated)", got[i], got[i-1])
 		}
 	}
+	deletions := 0
 	for _, write := range acknowledged {
-		if !slices.Contains(got, write) {
+		seen := slices.Contains(got, write)
+		if write.typ == watch.Deleted {
+			deletions++
+			seen = slices.ContainsFunc(got, func(e podVersion) bool { return e.typ == watch.Deleted && e.name == write.name })
+		}
+		if !seen {
 			t.Errorf("churn watcher missed the acknowledged write %v", write)
 		}
 	}
-	t.Logf("churn watcher: %d events across both restarts, %d acknowledged writes, none missed", len(got), len(acknowledged))
+	t.Logf("churn watcher: %d events across both restarts, %d acknowledged writes (%d deletions), none missed", len(got), len(acknowledged), deletions)
 }
 
 // nodeWatcher is a kubelet's reflector on the pods of its node, counting
@@ -191,25 +213,36 @@ func watchingSince(watchers []*nodeWatcher, since time.Time) int {
 }
 
 // podVersion is one version of a pod: a write, or the event that shows it.
+// A deletion's resourceVersion is not known to the writer (0).
 type podVersion struct {
+	typ  watch.EventType
 	name string
 	rv   uint64
 }
 
-// churnWriter changes the churn pods one after the other, remembering
-// every write the server acknowledged; writes fail while it restarts.
+// churnWriter makes random changes to the churn pods — changes mostly,
+// creations and deletions — remembering every write the server
+// acknowledged; writes fail while it restarts.
 type churnWriter struct {
 	client       kubernetes.Interface
+	rng          *rand.Rand
+	live         []string
+	created      int
 	mu           sync.Mutex
 	acknowledged []podVersion
 	done         chan struct{}
 	stopped      chan struct{}
 }
 
+func newChurnWriter(client kubernetes.Interface, seed uint64) *churnWriter {
+	c := &churnWriter{client: client, rng: rand.New(rand.NewPCG(seed, 3)), done: make(chan struct{}), stopped: make(chan struct{})}
+	for i := range resumeChurnPods {
+		c.live = append(c.live, fmt.Sprintf("churn-%d", i))
+	}
+	return c
+}
+
 func (c *churnWriter) run(ctx context.Context) {
-	c.mu.Lock()
-	c.done, c.stopped = make(chan struct{}), make(chan struct{})
-	c.mu.Unlock()
 	defer close(c.stopped)
 	for i := 0; ; i++ {
 		select {
@@ -219,23 +252,63 @@ func (c *churnWriter) run(ctx context.Context) {
 			return
 		case <-time.After(resumeChurnPeriod):
 		}
-		name := fmt.Sprintf("churn-%d", i%resumeChurnPods)
-		patch := fmt.Sprintf(`{"metadata":{"labels":{"step":"%d"}}}`, i)
-		pod, err := c.client.CoreV1().Pods(resumeChurnNS).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
-		if err != nil {
-			continue // the server is restarting
+		if write, ok := c.step(ctx, i); ok {
+			c.mu.Lock()
+			c.acknowledged = append(c.acknowledged, write)
+			c.mu.Unlock()
 		}
-		rv, _ := strconv.ParseUint(pod.ResourceVersion, 10, 64)
-		c.mu.Lock()
-		c.acknowledged = append(c.acknowledged, podVersion{name, rv})
-		c.mu.Unlock()
 	}
 }
 
+// step makes one random change; ok is false when the server did not
+// acknowledge it.
+func (c *churnWriter) step(ctx context.Context, i int) (write podVersion, ok bool) {
+	pods := c.client.CoreV1().Pods(resumeChurnNS)
+	switch op := c.rng.IntN(10); {
+	case op < 2 || len(c.live) < resumeChurnPods/2:
+		name := fmt.Sprintf("churn-new-%d", c.created)
+		c.created++ // a name is never reused, even when the creation's answer was lost
+		pod, err := pods.Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       corev1.PodSpec{NodeName: resumeChurnNode, Containers: []corev1.Container{{Name: "c", Image: "busybox"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return write, false
+		}
+		c.live = append(c.live, name)
+		return podVersion{watch.Added, name, parseRV(pod.ResourceVersion)}, true
+	case op < 3:
+		j := c.rng.IntN(len(c.live))
+		name := c.live[j]
+		now := int64(0)
+		err := pods.Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &now})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return write, false
+		}
+		c.live = slices.Delete(c.live, j, j+1)
+		return podVersion{typ: watch.Deleted, name: name}, err == nil
+	default:
+		j := c.rng.IntN(len(c.live))
+		name := c.live[j]
+		patch := fmt.Sprintf(`{"metadata":{"labels":{"step":"%d"}}}`, i)
+		pod, err := pods.Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		if apierrors.IsNotFound(err) { // deleted by a request whose answer was lost
+			c.live = slices.Delete(c.live, j, j+1)
+		}
+		if err != nil {
+			return write, false
+		}
+		return podVersion{watch.Modified, name, parseRV(pod.ResourceVersion)}, true
+	}
+}
+
+func parseRV(rv string) uint64 {
+	v, _ := strconv.ParseUint(rv, 10, 64)
+	return v
+}
+
 func (c *churnWriter) stop() []podVersion {
-	c.mu.Lock()
 	close(c.done)
-	c.mu.Unlock()
 	<-c.stopped
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -276,9 +349,8 @@ func watchChurn(ctx context.Context, t *testing.T, client kubernetes.Interface, 
 			if event.Type == watch.Bookmark {
 				continue
 			}
-			rv, _ := strconv.ParseUint(pod.ResourceVersion, 10, 64)
 			log.mu.Lock()
-			log.events = append(log.events, podVersion{pod.Name, rv})
+			log.events = append(log.events, podVersion{event.Type, pod.Name, parseRV(pod.ResourceVersion)})
 			log.mu.Unlock()
 		}
 	}()
