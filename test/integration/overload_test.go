@@ -18,9 +18,9 @@ import (
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
 
-// stallLists opens n connections that each ask for a large LIST and never
-// read the answer: each request stays in flight, blocked on writing, until
-// its connection closes.
+// stallLists opens n connections that each ask for a large LIST and read no
+// more than its status line: each request stays in flight, blocked on
+// writing, until its connection closes.
 func stallLists(t *testing.T, s *framework.APIServer, n int) (release func()) {
 	t.Helper()
 	tlsConfig, err := rest.TLSConfigFor(s.Config)
@@ -34,8 +34,14 @@ func stallLists(t *testing.T, s *framework.APIServer, n int) (release func()) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fmt.Fprintf(conn, "GET /api/v1/configmaps HTTP/1.1\r\nHost: %s\r\nUser-Agent: staller\r\n\r\n", host)
 		conns = append(conns, conn)
+		fmt.Fprintf(conn, "GET /api/v1/configmaps HTTP/1.1\r\nHost: %s\r\nUser-Agent: staller\r\n\r\n", host)
+		// One at a time, so that each is admitted below the threshold.
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		status, err := bufio.NewReaderSize(conn, 16).ReadString('\n')
+		if err != nil || !strings.HasPrefix(status, "HTTP/1.1 200") {
+			t.Fatalf("stalled LIST %d: %q, %v; want it admitted", len(conns), status, err)
+		}
 	}
 	return func() {
 		for _, c := range conns {
@@ -60,6 +66,9 @@ func TestOverloadHardThresholdClosesConnections(t *testing.T) {
 	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{
 		// Soft shedding off: it would turn away the stalled LISTs themselves.
 		"--overload-soft-inflight=0", "--overload-hard-inflight=3",
+		// In-flight requests are the only signal: the garbage of filling a
+		// 100 MB watch cache can delay the Go scheduler on a busy machine.
+		"--overload-soft-scheduler-latency=0", "--overload-hard-scheduler-latency=0",
 	}})
 
 	tlsConfig, err := rest.TLSConfigFor(s.Config)
