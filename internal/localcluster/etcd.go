@@ -32,6 +32,26 @@ type Etcd struct {
 	*Process
 	ClientURL string
 	DataDir   string
+
+	bin, logPath string
+	args         []string
+	client       *http.Client
+}
+
+// Start starts a stopped or killed member again with its command line (its
+// data directory makes it rejoin its cluster) and waits until it is healthy,
+// which for a member of a cluster needs a quorum.
+func (e *Etcd) Start() error {
+	p, err := StartProcess(e.Process.Name, e.logPath, e.bin, e.args...)
+	if err != nil {
+		return err
+	}
+	e.Process = p
+	if err := waitFor(p, time.Minute, func() error { return etcdHealthy(e.client, e.ClientURL) }); err != nil {
+		p.Kill()
+		return err
+	}
+	return nil
 }
 
 // StartEtcd starts a single-member etcd on free loopback ports and waits
@@ -109,12 +129,13 @@ func StartEtcdCluster(c EtcdConfig, n int) ([]*Etcd, error) {
 			"--log-level=warn",
 		}
 		args = append(append(args, tlsArgs...), c.ExtraArgs...)
-		p, err := StartProcess("etcd", filepath.Join(c.Dir, m.log), c.Binary, args...)
+		logPath := filepath.Join(c.Dir, m.log)
+		p, err := StartProcess("etcd", logPath, c.Binary, args...)
 		if err != nil {
 			stopAll()
 			return nil, err
 		}
-		started = append(started, &Etcd{Process: p, ClientURL: m.clientURL, DataDir: m.dataDir})
+		started = append(started, &Etcd{Process: p, ClientURL: m.clientURL, DataDir: m.dataDir, bin: c.Binary, logPath: logPath, args: args, client: client})
 	}
 	for _, e := range started {
 		if err := waitFor(e.Process, time.Minute, func() error { return etcdHealthy(client, e.ClientURL) }); err != nil {
