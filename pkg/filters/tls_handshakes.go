@@ -1,7 +1,9 @@
 package filters
 
 import (
+	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -14,10 +16,10 @@ const (
 	// handshaking for a client that has already left wastes the CPU the
 	// guard is there to save, so the wait stays well below that.
 	handshakeSlotWait = 5 * time.Second
-	// handshakeMaxHold frees a slot whose handshake never reported its end.
-	// net/http reports it by clearing the deadlines it set for the
-	// handshake; this bound keeps the guard safe should it ever stop doing
-	// so, at the price of precision only.
+	// handshakeMaxHold frees a slot whose server side never wrote nor
+	// ended its handshake (it computes its reply in well under a second);
+	// this bound keeps the guard safe should that ever happen, at the price
+	// of precision only.
 	handshakeMaxHold = 10 * time.Second
 	// upstreamKeepAlivePeriod is the TCP keep-alive upstream's serving sets
 	// on each *net.TCPConn it accepts; a wrapped connection is no longer
@@ -30,15 +32,18 @@ const (
 var errNoHandshakeSlot = errors.New("too many TLS handshakes in progress; connection closed")
 
 // LimitTLSHandshakes bounds the TLS handshakes that the connections of ln
-// run at once to limit, so that a reconnect storm (every client of a
+// compute at once to limit, so that a reconnect storm (every client of a
 // restarted or failed-over replica arriving in the same second) spends at
 // most that many goroutines on handshake cryptography and leaves the CPU to
-// the requests already being served. A connection takes a slot when its
-// first bytes (the ClientHello) arrive, so idle or slow clients hold none,
-// and gives it back when the handshake ends: when net/http clears the
-// handshake deadlines, or the connection closes. A connection that waits
-// longer than handshakeSlotWait for a slot is closed; its client retries,
-// through a load balancer perhaps on another replica.
+// the requests already being served. A connection holds a slot while the
+// server computes its side of the handshake: from the moment the client's
+// whole ClientHello has arrived until the server sends its reply (key
+// exchange and signature done), the handshake ends or the connection
+// closes. Waiting on the network holds none: neither an idle connection nor
+// one that trickles its ClientHello or stalls after the server's reply (a
+// slowloris client), which net/http closes at its handshake deadline. A
+// connection that waits longer than handshakeSlotWait for a slot is closed;
+// its client retries, through a load balancer perhaps on another replica.
 //
 // ln is the plain TCP listener the apiserver wraps in TLS itself.
 func LimitTLSHandshakes(ln net.Listener, limit int) net.Listener {
@@ -67,27 +72,75 @@ func (l *handshakeLimitListener) Accept() (net.Conn, error) {
 	return &handshakeLimitConn{Conn: c, guard: l}, nil
 }
 
-// handshakeLimitConn holds a slot of its listener from its first read until
-// its TLS handshake ends.
+// handshakeLimitConn holds a slot of its listener while the server computes
+// its reply to the client's ClientHello.
 type handshakeLimitConn struct {
 	net.Conn
 	guard *handshakeLimitListener
 
-	started atomic.Bool // the first bytes arrived: every later read is plain
+	// Only the TLS layer's reader touches these.
+	helloRead bool   // the first record was read
+	hello     []byte // what of it the TLS layer has yet to read
 
+	holding atomic.Bool // holds a slot now
 	mu      sync.Mutex
-	holding bool        // holds a slot now
 	expiry  *time.Timer // frees the slot after maxHold
 }
 
 func (c *handshakeLimitConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if n > 0 && !c.started.Load() && c.started.CompareAndSwap(false, true) && !c.acquire() {
-		tlsHandshakesRejected.Inc()
-		c.Conn.Close()
-		return 0, errNoHandshakeSlot
+	if !c.helloRead {
+		c.helloRead = true
+		record, complete, err := readFirstRecord(c.Conn)
+		if err != nil {
+			return 0, err
+		}
+		if complete && !c.acquire() {
+			tlsHandshakesRejected.Inc()
+			c.Conn.Close()
+			return 0, errNoHandshakeSlot
+		}
+		c.hello = record
 	}
-	return n, err
+	if len(c.hello) > 0 {
+		n := copy(b, c.hello)
+		c.hello = c.hello[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+const (
+	recordHeaderLen     = 5
+	recordTypeHandshake = 0x16
+	// maxRecordLen is the largest TLS record a peer may send (RFC 8446, 5.2).
+	maxRecordLen = 1<<14 + 256
+)
+
+// readFirstRecord reads the first TLS record a client sends: its header and,
+// for a handshake record (the ClientHello), its whole body, which complete
+// reports. Anything else is returned after its header, for the TLS layer to
+// refuse without a slot.
+func readFirstRecord(r io.Reader) (record []byte, complete bool, err error) {
+	record = make([]byte, recordHeaderLen)
+	if _, err := io.ReadFull(r, record); err != nil {
+		return nil, false, err
+	}
+	n := int(binary.BigEndian.Uint16(record[3:]))
+	if record[0] != recordTypeHandshake || n > maxRecordLen {
+		return record, false, nil
+	}
+	record = append(record, make([]byte, n)...)
+	if _, err := io.ReadFull(r, record[recordHeaderLen:]); err != nil {
+		return nil, false, err
+	}
+	return record, true, nil
+}
+
+// Write sends the server's part of the handshake once it is computed, and
+// everything after: the slot is free from the first write on.
+func (c *handshakeLimitConn) Write(b []byte) (int, error) {
+	c.release()
+	return c.Conn.Write(b)
 }
 
 func (c *handshakeLimitConn) acquire() bool {
@@ -100,19 +153,22 @@ func (c *handshakeLimitConn) acquire() bool {
 	}
 	tlsHandshakesInProgress.Inc()
 	c.mu.Lock()
-	c.holding = true
+	c.holding.Store(true)
 	c.expiry = time.AfterFunc(c.guard.maxHold, c.release)
 	c.mu.Unlock()
 	return true
 }
 
 func (c *handshakeLimitConn) release() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if !c.holding {
+	if !c.holding.Load() {
 		return
 	}
-	c.holding = false
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.holding.Load() {
+		return
+	}
+	c.holding.Store(false)
 	c.expiry.Stop()
 	<-c.guard.slots
 	tlsHandshakesInProgress.Dec()

@@ -14,10 +14,17 @@ import (
 	"github.com/bulwark-k8s/bulwark/internal/pki"
 )
 
+// heldServerName is the server name whose handshakes the test server
+// computes only once its hold channel is closed: a handshake whose server
+// side is busy.
+const heldServerName = "held.test"
+
 // startGuardedTLSServer serves TLS as upstream's secure serving does
 // (net/http, ReadHeaderTimeout 32 s unless readHeaderTimeout says otherwise)
-// on a listener guarded by a handshake limit of 1.
-func startGuardedTLSServer(t *testing.T, readHeaderTimeout, wait, maxHold time.Duration) (*handshakeLimitListener, *tls.Config) {
+// on a listener guarded by a handshake limit of 1. A handshake for
+// heldServerName waits, before the server computes its reply, until hold is
+// closed.
+func startGuardedTLSServer(t *testing.T, readHeaderTimeout, wait, maxHold time.Duration, hold <-chan struct{}) (*handshakeLimitListener, *tls.Config) {
 	t.Helper()
 	b, err := pki.Ensure(t.TempDir(), []string{"127.0.0.1"})
 	if err != nil {
@@ -39,15 +46,29 @@ func startGuardedTLSServer(t *testing.T, readHeaderTimeout, wait, maxHold time.D
 		t.Fatal(err)
 	}
 	guard := newHandshakeLimitListener(ln, 1, wait, maxHold)
+	serverConfig := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	serverConfig.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if hello.ServerName == heldServerName {
+			<-hold
+		}
+		return nil, nil
+	}
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}),
 		ReadHeaderTimeout: readHeaderTimeout,
-		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}},
-		ErrorLog:          nil,
+		TLSConfig:         serverConfig,
 	}
 	go srv.Serve(tls.NewListener(guard, srv.TLSConfig))
 	t.Cleanup(func() { srv.Close() })
 	return guard, &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
+}
+
+// held is config for a handshake the server holds.
+func held(config *tls.Config) *tls.Config {
+	c := config.Clone()
+	c.ServerName = heldServerName
+	c.InsecureSkipVerify = true // the serving certificate is not for that name
+	return c
 }
 
 // stalledClientConn lets its TLS client send the ClientHello, then holds
@@ -94,7 +115,8 @@ func waitForSlots(t *testing.T, guard *handshakeLimitListener, want int) {
 
 func TestLimitTLSHandshakes(t *testing.T) {
 	const wait = 300 * time.Millisecond
-	guard, clientConfig := startGuardedTLSServer(t, 32*time.Second, wait, time.Hour)
+	hold := make(chan struct{})
+	guard, clientConfig := startGuardedTLSServer(t, 32*time.Second, wait, time.Hour, hold)
 	addr := guard.Addr().String()
 
 	// A completed handshake gives its slot back while its connection stays open.
@@ -107,18 +129,26 @@ func TestLimitTLSHandshakes(t *testing.T) {
 	resp.Body.Close()
 	waitForSlots(t, guard, 0)
 
-	// A connection that sends nothing holds no slot.
+	// Neither a connection that sends nothing nor one that trickles its
+	// ClientHello holds a slot.
 	idle, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer idle.Close()
+	trickling, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trickling.Close()
+	if _, err := trickling.Write([]byte{recordTypeHandshake, 3, 1, 2, 0, 1, 0}); err != nil { // a ClientHello of 512 bytes, begun
+		t.Fatal(err)
+	}
 	if err := handshake(addr, clientConfig); err != nil {
-		t.Fatalf("handshake beside an idle connection: %v", err)
+		t.Fatalf("handshake beside an idle and a trickling connection: %v", err)
 	}
 
-	// A handshake in progress holds the only slot: the next one waits, then
-	// its connection is closed.
+	// Nor does a client that stalls after the server's reply.
 	raw, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +156,18 @@ func TestLimitTLSHandshakes(t *testing.T) {
 	stalled := &stalledClientConn{Conn: raw, unblock: make(chan struct{})}
 	stalledDone := make(chan error, 1)
 	go func() { stalledDone <- tls.Client(stalled, clientConfig).HandshakeContext(context.Background()) }()
+	if err := handshake(addr, clientConfig); err != nil {
+		t.Fatalf("handshake beside a stalled client: %v", err)
+	}
+	close(stalled.unblock)
+	if err := <-stalledDone; err != nil {
+		t.Fatalf("stalled handshake: %v", err)
+	}
+
+	// A handshake the server is computing holds the only slot: the next one
+	// waits, then its connection is closed.
+	heldDone := make(chan error, 1)
+	go func() { heldDone <- handshake(addr, held(clientConfig)) }()
 	waitForSlots(t, guard, 1)
 	start := time.Now()
 	if err := handshake(addr, clientConfig); err == nil {
@@ -135,38 +177,25 @@ func TestLimitTLSHandshakes(t *testing.T) {
 		t.Errorf("second handshake refused after %v, before the %v wait", waited, wait)
 	}
 
-	// Once the stalled handshake completes, its slot is free again.
-	close(stalled.unblock)
-	if err := <-stalledDone; err != nil {
-		t.Fatalf("stalled handshake: %v", err)
+	// Once the server has replied, the slot is free again.
+	close(hold)
+	if err := <-heldDone; err != nil {
+		t.Fatalf("held handshake: %v", err)
 	}
 	waitForSlots(t, guard, 0)
 	if err := handshake(addr, clientConfig); err != nil {
 		t.Fatalf("handshake after the slot was freed: %v", err)
 	}
-
-	// A client that leaves mid-handshake frees its slot too.
-	raw, err = net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stalled = &stalledClientConn{Conn: raw, unblock: make(chan struct{})}
-	go tls.Client(stalled, clientConfig).HandshakeContext(context.Background())
-	waitForSlots(t, guard, 1)
-	raw.Close()
-	close(stalled.unblock)
-	waitForSlots(t, guard, 0)
 }
 
-// TestLimitTLSHandshakesMaxHold: a server that never reports the end of its
-// handshakes (no handshake deadline) still gets its slots back.
+// TestLimitTLSHandshakesMaxHold: a server that never replies still gets its
+// slots back.
 func TestLimitTLSHandshakesMaxHold(t *testing.T) {
-	guard, clientConfig := startGuardedTLSServer(t, 0, time.Second, 200*time.Millisecond)
-	conn, err := tls.Dial("tcp", guard.Addr().String(), clientConfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	hold := make(chan struct{})
+	defer close(hold)
+	guard, clientConfig := startGuardedTLSServer(t, 0, time.Second, 200*time.Millisecond, hold)
+	go handshake(guard.Addr().String(), held(clientConfig))
+	waitForSlots(t, guard, 1)
 	waitForSlots(t, guard, 0)
 	if err := handshake(guard.Addr().String(), clientConfig); err != nil {
 		t.Fatalf("handshake after the first one's slot expired: %v", err)
