@@ -9,6 +9,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -373,5 +374,22 @@ func TestStartHistory(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Errorf("without a history: no answer")
+	}
+}
+
+// TestUnparsableResourceVersion: a watch from a resourceVersion that is not
+// a number is the client's mistake, 400, not upstream's 500.
+func TestUnparsableResourceVersion(t *testing.T) {
+	e := startEtcd(t)
+	s, _ := e.newStorage(t, newManager(t, Config{Interval: time.Second}))
+	opts := watchOpts(0, "")
+	opts.ResourceVersion = "abc"
+	w, err := s.Watch(context.Background(), prefix, opts)
+	if err == nil {
+		w.Stop()
+		t.Fatal("watch from resourceVersion abc started")
+	}
+	if !apierrors.IsBadRequest(err) {
+		t.Errorf("watch from resourceVersion abc: %v, want BadRequest", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/apiserver/pkg/storage"
@@ -30,6 +31,11 @@ func (s *bookmarkingStorage) Unwrap() storage.Interface { return s.Interface }
 // package doc), preceded by the events of the start history when it resumes
 // from before the cache's start.
 func (s *bookmarkingStorage) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
+	// Upstream's watch cache reports a resourceVersion that is not a number
+	// as an internal error (500); the mistake is the client's.
+	if _, err := s.Versioner().ParseResourceVersion(opts.ResourceVersion); err != nil {
+		return nil, apierrors.NewBadRequest(err.Error())
+	}
 	w := newResumingWatch(ctx, s, key, opts)
 	var replay []watch.Event
 	if from, ok := resumesFrom(opts); ok && s.history != nil {

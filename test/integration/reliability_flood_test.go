@@ -1,0 +1,230 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/rest"
+
+	"github.com/bulwark-k8s/bulwark/internal/pki"
+	"github.com/bulwark-k8s/bulwark/test/integration/framework"
+)
+
+// floodSLO is the Kubernetes API call latency SLO for single objects.
+const floodSLO = time.Second
+
+// TestFlood floods LIST pods (every pod, back to back, from many
+// connections) against upstream and then Bulwark on the same etcd, first
+// from one User-Agent, then from a different User-Agent per connection,
+// with default flags: no User-Agent rule, only what is on by default. The
+// flooders are cluster admins, whom API Priority and Fairness exempts: the
+// worst case. Meanwhile well-behaved clients read single objects and every
+// node renews its Lease; on Bulwark their p99, retries of 429 included (as
+// client-go retries), stays under the 1 s SLO, and its memory under a bound.
+// Upstream's figures are reported beside them.
+func TestFlood(t *testing.T) {
+	pods, nodes := sized(5000, 50000), sized(100, 1000)
+	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
+	seedPodsAndNodes(t, etcd.ClientURL, pods, nodes)
+	bundle, err := pki.Ensure(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, server := range []struct{ name, binary string }{{"upstream", framework.Bins(t).Upstream}, {"bulwark", framework.Bins(t).APIServer}} {
+		s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, PKI: bundle, Name: server.name, Binary: server.binary})
+		for _, phase := range []struct {
+			name      string
+			userAgent func(worker int) string
+		}{
+			{"one User-Agent", func(int) string { return "flooder/1.0" }},
+			{"many User-Agents", func(w int) string { return fmt.Sprintf("flooder-%d/1.0", w) }},
+		} {
+			r := flood(t, s, pods, nodes, sized(15*time.Second, 3*time.Minute), sized(32, 64), phase.userAgent)
+			prefix := fmt.Sprintf("%s, flood from %s: ", server.name, phase.name)
+			figure(t, prefix+"good clients p99", r.good.quantile(0.99).Seconds()*1000, "ms")
+			figure(t, prefix+"heartbeats p99", r.heartbeats.quantile(0.99).Seconds()*1000, "ms")
+			figure(t, prefix+"good requests and heartbeats failed", float64(r.failed), "requests")
+			figure(t, prefix+"flooder LISTs served", float64(r.floodServed), "requests")
+			figure(t, prefix+"flooder LISTs rejected (429)", float64(r.floodRejected), "requests")
+			figure(t, prefix+"peak RSS", r.peakRSS, "MiB")
+			if server.name != "bulwark" {
+				continue
+			}
+			if p99 := r.good.quantile(0.99); p99 > floodSLO {
+				t.Errorf("%sgood clients' p99 %v, want under %v", prefix, p99, floodSLO)
+			}
+			if p99 := r.heartbeats.quantile(0.99); p99 > floodSLO {
+				t.Errorf("%sheartbeats' p99 %v, want under %v", prefix, p99, floodSLO)
+			}
+			if r.failed > 0 {
+				t.Errorf("%s%d good requests or heartbeats failed", prefix, r.failed)
+			}
+			if bound := sized(1536.0, 4096.0); r.peakRSS > bound {
+				t.Errorf("%speak RSS %.0f MiB, want under %.0f", prefix, r.peakRSS, bound)
+			}
+		}
+		if err := s.Stop(); err != nil {
+			t.Errorf("%s did not stop cleanly after the flood: %v", server.name, err)
+		}
+	}
+}
+
+type floodResult struct {
+	good, heartbeats           latencies
+	failed                     int64
+	floodServed, floodRejected int64
+	peakRSS                    float64
+}
+
+// flood runs flooders, good clients and heartbeats against s for d.
+func flood(t *testing.T, s *framework.APIServer, pods, nodes int, d time.Duration, workers int, userAgent func(int) string) *floodResult {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	r := &floodResult{}
+	var served, rejected, failed atomic.Int64
+	var wg sync.WaitGroup
+	for w := range workers {
+		cfg := rest.CopyConfig(s.Config)
+		cfg.UserAgent = userAgent(w)
+		client, err := rest.HTTPClientFor(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", s.URL+"/api/v1/pods", nil)
+				req.Header.Set("Accept", "application/vnd.kubernetes.protobuf")
+				resp, err := client.Do(req)
+				if err != nil {
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				// A buggy client: it does not honour Retry-After.
+				if resp.StatusCode == http.StatusTooManyRequests {
+					rejected.Add(1)
+				} else {
+					served.Add(1)
+				}
+			}
+		}()
+	}
+
+	// Good clients: client-go, retrying 429 as it does by default.
+	goodConfig := rest.CopyConfig(s.Config)
+	goodConfig.UserAgent = "good-client/1.0"
+	for c := range 4 {
+		client := ownConnectionClient(t, goodConfig)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(100 * time.Millisecond)
+			defer tick.Stop()
+			for n := c; ; n++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				start := time.Now()
+				var err error
+				switch i := n * 7919 % pods; n % 3 {
+				case 0:
+					_, err = client.CoreV1().Pods(floodNamespace(i)).Get(ctx, podName(i), metav1.GetOptions{})
+				case 1:
+					_, err = client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName(i%nodes)})
+				default:
+					_, err = client.CoreV1().Nodes().Get(ctx, nodeName(i%nodes), metav1.GetOptions{})
+				}
+				switch {
+				case err == nil:
+					r.good.add(time.Since(start))
+				case ctx.Err() == nil:
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+
+	// Heartbeats: every node renews its Lease every 10 s, as a kubelet does.
+	kubeletConfig := rest.CopyConfig(s.Config)
+	kubeletConfig.UserAgent = "kubelet/v1.37.2 (linux/amd64)"
+	kubelet := ownConnectionClient(t, kubeletConfig)
+	for i := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			timer := time.NewTimer(time.Duration(i) * 10 * time.Second / time.Duration(nodes))
+			defer timer.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-timer.C:
+				}
+				timer.Reset(10 * time.Second)
+				start := time.Now()
+				patch := fmt.Sprintf(`{"spec":{"renewTime":%q}}`, time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"))
+				_, err := kubelet.CoordinationV1().Leases("kube-node-lease").Patch(ctx, nodeName(i), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+				switch {
+				case err == nil:
+					r.heartbeats.add(time.Since(start))
+				case ctx.Err() == nil:
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+
+	for ctx.Err() == nil {
+		r.peakRSS = max(r.peakRSS, rssMiB(t, s.Pid()))
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+	wg.Wait()
+	r.failed, r.floodServed, r.floodRejected = failed.Load(), served.Load(), rejected.Load()
+	return r
+}
+
+func podName(i int) string        { return fmt.Sprintf("pod-%d", i) }
+func nodeName(i int) string       { return fmt.Sprintf("node-%d", i) }
+func floodNamespace(i int) string { return fmt.Sprintf("ns-%d", i%10) }
+
+// seedPodsAndNodes writes pods (about 1.5 KiB each, over 10 namespaces),
+// nodes and their Leases straight into etcd.
+func seedPodsAndNodes(t *testing.T, etcdURL string, pods, nodes int) {
+	t.Helper()
+	now := time.Now().UTC().Format(time.RFC3339)
+	putObjects(t, etcdURL, 10, func(i int) (string, string) {
+		return "/registry/namespaces/" + floodNamespace(i),
+			fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q,"uid":"00000000-0000-4000-9000-%012d","creationTimestamp":%q},"spec":{"finalizers":["kubernetes"]},"status":{"phase":"Active"}}`, floodNamespace(i), i, now)
+	})
+	putObjects(t, etcdURL, nodes, func(i int) (string, string) {
+		return "/registry/minions/" + nodeName(i),
+			fmt.Sprintf(`{"apiVersion":"v1","kind":"Node","metadata":{"name":%q,"uid":"00000000-0000-4000-a000-%012d","creationTimestamp":%q,"labels":{"kubernetes.io/hostname":%q}},"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":%q,"lastTransitionTime":%q}]}}`,
+				nodeName(i), i, now, nodeName(i), now, now)
+	})
+	putObjects(t, etcdURL, nodes, func(i int) (string, string) {
+		return "/registry/leases/kube-node-lease/" + nodeName(i),
+			fmt.Sprintf(`{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":%q,"namespace":"kube-node-lease","uid":"00000000-0000-4000-b000-%012d","creationTimestamp":%q},"spec":{"holderIdentity":%q,"leaseDurationSeconds":40,"renewTime":"%s.000000Z"}}`,
+				nodeName(i), i, now, nodeName(i), strings.TrimSuffix(now, "Z"))
+	})
+	putObjects(t, etcdURL, pods, func(i int) (string, string) {
+		return fmt.Sprintf("/registry/pods/%s/%s", floodNamespace(i), podName(i)),
+			fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":"00000000-0000-4000-c000-%012d","creationTimestamp":%q,"labels":{"app":"app-%d","tier":"web"},"annotations":{"note":%q}},"spec":{"nodeName":%q,"containers":[{"name":"app","image":"registry.example/app:1.0","resources":{"requests":{"cpu":"100m","memory":"128Mi"}}}]},"status":{"phase":"Running","podIP":"10.0.0.1"}}`,
+				podName(i), floodNamespace(i), i, now, i%500, strings.Repeat("n", 1000), nodeName(i%nodes))
+	})
+}
