@@ -154,7 +154,7 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 			t.Fatalf("churn watcher: event %v after %v (out of order or duplicated)", got[i], got[i-1])
 		}
 	}
-	deletions := 0
+	deletions, missed := 0, 0
 	for _, write := range acknowledged {
 		seen := slices.Contains(got, write)
 		if write.typ == watch.Deleted {
@@ -162,10 +162,36 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 			seen = slices.ContainsFunc(got, func(e podVersion) bool { return e.typ == watch.Deleted && e.name == write.name })
 		}
 		if !seen {
+			missed++
 			t.Errorf("churn watcher missed the acknowledged write %v", write)
 		}
 	}
 	t.Logf("churn watcher: %d events across both restarts, %d acknowledged writes (%d deletions), none missed", len(got), len(acknowledged), deletions)
+
+	// Every acknowledged write is there afterwards: each pod's last
+	// acknowledged state, or a later one whose answer was lost.
+	final := map[string]podVersion{}
+	for _, write := range acknowledged {
+		final[write.name] = write
+	}
+	list, err := client.CoreV1().Pods(resumeChurnNS).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[string]uint64{}
+	for _, p := range list.Items {
+		stored[p.Name] = parseRV(p.ResourceVersion)
+	}
+	lost := 0
+	for name, write := range final {
+		if rv, ok := stored[name]; (write.typ == watch.Deleted) == ok || rv < write.rv {
+			lost++
+			t.Errorf("acknowledged write %v lost: stored at %d (present %v)", write, rv, ok)
+		}
+	}
+	figure(t, "restarts under load (graceful and SIGKILL): acknowledged writes", float64(len(acknowledged)), "writes")
+	figure(t, "restarts under load: acknowledged writes lost", float64(lost), "writes")
+	figure(t, "restarts under load: acknowledged writes the watcher missed", float64(missed), "writes")
 }
 
 // nodeWatcher is a kubelet's reflector on the pods of its node, counting
