@@ -73,11 +73,27 @@ haproxy: ## HAProxy from Debian's packages, the load balancer of the scale-out t
 	@command -v haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy >/dev/null) || \
 	  (echo "haproxy is missing and could not be installed from Debian's packages" >&2; exit 1)
 
+# What the integration tests run: the binaries, envtest's assets, the image.
+INTEGRATION_ENV := BULWARK_BIN_DIR=$(CURDIR)/$(BIN) BULWARK_ENVTEST_ASSETS=$(CURDIR)/$(ENVTEST_ASSETS) BULWARK_IMAGE_DIR=$(CURDIR)/$(IMAGE_DIR)
+
 # Integration tests start real etcd and apiserver processes: one package at
 # a time, so two apiservers never compete for the two cores of a CI machine.
 .PHONY: test-integration
 test-integration: binaries envtest-assets image haproxy
-	BULWARK_BIN_DIR=$(CURDIR)/$(BIN) BULWARK_ENVTEST_ASSETS=$(CURDIR)/$(ENVTEST_ASSETS) BULWARK_IMAGE_DIR=$(CURDIR)/$(IMAGE_DIR) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
+	$(INTEGRATION_ENV) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
+
+# The reliability suite: the tests of docs/reliability.md at full size, their
+# figures collected in _output/reliability.tsv, then the fuzzers.
+RELIABILITY_TESTS := ^(TestFlood|TestReconnectStorm|TestWatchesResumeAcrossRestarts|TestEtcdMemberFailures|TestAbandonedListsReleaseTheirWork|TestBadInput|TestFiltersChangeNoAuthorization)$$
+RELIABILITY_REPORT := $(CURDIR)/_output/reliability.tsv
+
+.PHONY: reliability
+reliability: binaries envtest-assets image haproxy ## Overload, faults, bad input at full size (about an hour); figures in _output/reliability.tsv.
+	rm -f $(RELIABILITY_REPORT)
+	BULWARK_RELIABILITY=full BULWARK_RELIABILITY_REPORT=$(RELIABILITY_REPORT) $(INTEGRATION_ENV) \
+	  go test -p 1 -count 1 -timeout 90m ./test/integration -run '$(RELIABILITY_TESTS)' -v $(TEST_ARGS)
+	$(MAKE) fuzz FUZZTIME=$(FUZZTIME)
+	@echo "figures: $(RELIABILITY_REPORT)"
 
 FUZZTIME ?= 1m
 

@@ -19,6 +19,8 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
@@ -142,15 +144,36 @@ func goroutines(t *testing.T, s *framework.APIServer) int {
 	return n
 }
 
-// TestAbandonedListsReleaseTheirWork aborts many slow LISTs (tens of
-// megabytes each) mid-response and checks that the apiserver's goroutines
-// return to their baseline: nothing the requests started is left running.
+var heapAllocMetric = regexp.MustCompile(`(?m)^go_memstats_heap_alloc_bytes (\S+)`)
+
+// liveHeapMiB is the apiserver's heap right after a garbage collection
+// (profiling's heap endpoint runs one on request).
+func liveHeapMiB(t *testing.T, s *framework.APIServer) float64 {
+	t.Helper()
+	if code, _ := call(t, s, "GET", "/debug/pprof/heap?gc=1", "test", false); code != http.StatusOK {
+		t.Fatalf("/debug/pprof/heap?gc=1: %d", code)
+	}
+	m := heapAllocMetric.FindStringSubmatch(metrics(t, s))
+	if m == nil {
+		t.Fatal("no go_memstats_heap_alloc_bytes on /metrics")
+	}
+	bytes, err := strconv.ParseFloat(m[1], 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes / (1 << 20)
+}
+
+// TestAbandonedListsReleaseTheirWork has many clients, each on its own
+// connection, abort slow LISTs (tens of megabytes each) mid-response, and
+// checks that the apiserver's goroutines and live heap return to their
+// baseline: nothing the requests started is left running or referenced.
 func TestAbandonedListsReleaseTheirWork(t *testing.T) {
 	const (
-		objects  = 3000
-		requests = 60
-		slack    = 30 // goroutines of the apiserver's own controllers come and go
+		objects = 3000
+		slack   = 30 // goroutines of the apiserver's own controllers come and go
 	)
+	clients, perClient := sized(50, 200), sized(6, 15)
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
 	now := time.Now().UTC().Format(time.RFC3339)
 	putObjects(t, etcd.ClientURL, objects, func(i int) (string, string) {
@@ -165,27 +188,50 @@ func TestAbandonedListsReleaseTheirWork(t *testing.T) {
 		return code == http.StatusOK
 	})
 	time.Sleep(2 * time.Second)
-	baseline := goroutines(t, s)
+	baseline, baselineHeap := goroutines(t, s), liveHeapMiB(t, s)
 
 	var wg sync.WaitGroup
-	for i := range requests {
+	for c := range clients {
+		// A connection of its own, closed once the client is done: open
+		// connections are not work left behind.
+		cfg := rest.CopyConfig(s.Config)
+		cfg.QPS = -1
+		httpClient, err := rest.HTTPClientFor(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, err := kubernetes.NewForConfigAndClient(cfg, httpClient)
+		if err != nil {
+			t.Fatal(err)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Duration(20+i)*time.Millisecond)
-			defer cancel()
-			// A consistent LIST of all 30 MB, aborted mid-way.
-			_, _ = s.Client.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
+			defer httpClient.CloseIdleConnections()
+			for i := range perClient {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(20+(c*perClient+i)%100)*time.Millisecond)
+				// A consistent LIST of all 30 MB, aborted mid-way.
+				_, _ = client.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{})
+				cancel()
+			}
 		}()
 	}
 	wg.Wait()
 
 	var last int
-	waitUntil(t, 20*time.Second, "goroutines back to baseline", func() bool {
+	waitUntil(t, 20*time.Second, fmt.Sprintf("goroutines back to baseline (%d)", baseline), func() bool {
 		last = goroutines(t, s)
 		return last <= baseline+slack
 	})
-	t.Logf("goroutines: baseline %d, after %d aborted LISTs %d", baseline, requests, last)
+	heap := liveHeapMiB(t, s)
+	figure(t, "LISTs aborted mid-response", float64(clients*perClient), "requests")
+	figure(t, "goroutines: baseline", float64(baseline), "goroutines")
+	figure(t, "goroutines: after the aborts", float64(last), "goroutines")
+	figure(t, "live heap: baseline", baselineHeap, "MiB")
+	figure(t, "live heap: after the aborts", heap, "MiB")
+	if heap > baselineHeap+64 {
+		t.Errorf("live heap %.0f MiB after the aborted LISTs, baseline %.0f MiB", heap, baselineHeap)
+	}
 	waitUntil(t, 5*time.Second, "abandoned LISTs counted", func() bool {
 		return strings.Contains(metrics(t, s), `bulwark_abandoned_requests_total{resource="configmaps",verb="list"}`)
 	})
