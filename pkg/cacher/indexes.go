@@ -131,7 +131,13 @@ func (x Indexes) Decorate(decorate generic.StorageDecorator) generic.StorageDeco
 		for _, served := range []string{"index", "scan"} {
 			setSelectorLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource, served)
 		}
-		return &indexedStorage{Interface: s, resource: config.GroupResource, labels: labels, fields: fields, keyFunc: keyFunc, newList: newListFunc}, destroy, nil
+		indexed := &indexedStorage{Interface: s, resource: config.GroupResource, prefix: resourcePrefix, labels: labels, fields: fields, keyFunc: keyFunc, newList: newListFunc}
+		ctx, stopReporting := context.WithCancel(context.Background())
+		go indexed.reportIndexSizes(ctx, indexCensusInterval)
+		return indexed, func() {
+			stopReporting()
+			destroy()
+		}, nil
 	}
 }
 
@@ -171,6 +177,7 @@ func fieldValue(getAttrs storage.AttrFunc, field string) cache.IndexFunc {
 type indexedStorage struct {
 	storage.Interface
 	resource schema.GroupResource
+	prefix   string // of the resource's keys
 	labels   []string
 	fields   []string
 	keyFunc  func(runtime.Object) (string, error)

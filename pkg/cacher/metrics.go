@@ -16,6 +16,22 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource", "served"})
 
+	indexEntries = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch_cache",
+		Name:           "index_entries",
+		Help:           "Objects in each label or field index Bulwark adds to a resource's watch cache, counted once a minute.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource", "index"})
+
+	indexMemory = metrics.NewGaugeVec(&metrics.GaugeOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch_cache",
+		Name:           "index_memory_bytes",
+		Help:           "Estimated memory of each label or field index Bulwark adds to a resource's watch cache, from its objects and distinct values, counted once a minute.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource", "index"})
+
 	registerOnce sync.Once
 )
 
@@ -23,6 +39,6 @@ var (
 // which /metrics serves.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(setSelectorLists)
+		legacyregistry.MustRegister(setSelectorLists, indexEntries, indexMemory)
 	})
 }
