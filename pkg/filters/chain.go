@@ -20,6 +20,8 @@ type Chain struct {
 	Limiter *UserAgentLimiter
 	// Caches nil: no cache-not-ready gate.
 	Caches CacheReadiness
+	// LargeLists nil: large LISTs are not limited.
+	LargeLists *LargeListLimiter
 }
 
 // Wrap returns handler behind Bulwark's filters.
@@ -27,6 +29,9 @@ func (c Chain) Wrap(handler http.Handler) http.Handler {
 	// Innermost first: what is added last runs first.
 	if c.Caches != nil {
 		handler = WithCacheNotReadyGate(handler, c.Caches, c.LoopbackToken)
+	}
+	if c.LargeLists != nil {
+		handler = WithLargeListLimit(handler, c.LargeLists, c.LoopbackToken)
 	}
 	if c.Limiter != nil {
 		handler = WithUserAgentLimits(handler, c.Limiter)

@@ -20,6 +20,20 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"kind"})
 
+	largeListsInflight = metrics.NewGauge(&metrics.GaugeOpts{
+		Namespace:      namespace,
+		Name:           "large_lists_inflight_requests",
+		Help:           "Large LISTs (a whole large resource, cluster-wide, no selector, no page limit) being served now; at most --max-concurrent-large-lists.",
+		StabilityLevel: metrics.ALPHA,
+	})
+
+	largeListsRejected = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      namespace,
+		Name:           "large_list_rejected_requests_total",
+		Help:           "Large LISTs rejected with 429 because --max-concurrent-large-lists were in flight for a second, by resource.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+
 	userAgentRejected = metrics.NewCounterVec(&metrics.CounterOpts{
 		Namespace:      namespace,
 		Name:           "user_agent_limit_rejected_requests_total",
@@ -107,7 +121,7 @@ var (
 func RegisterMetrics(talkers *TopTalkers) {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected, abandonedRequests,
-			overloadShed, overloadInflight, overloadSchedulerLatency, tlsHandshakesInProgress, tlsHandshakesRejected)
+			overloadShed, overloadInflight, overloadSchedulerLatency, tlsHandshakesInProgress, tlsHandshakesRejected, largeListsInflight, largeListsRejected)
 		legacyregistry.CustomMustRegister(&topTalkersCollector{talkers: talkers})
 		// The series that dashboards and alerts rate() over exist from the
 		// start, at 0, rather than appearing with the first event.

@@ -16,10 +16,12 @@ const (
 	// handshaking for a client that has already left wastes the CPU the
 	// guard is there to save, so the wait stays well below that.
 	handshakeSlotWait = 5 * time.Second
-	// handshakeMaxHold frees a slot whose server side never wrote nor
-	// ended its handshake (it computes its reply in well under a second);
-	// this bound keeps the guard safe should that ever happen, at the price
-	// of precision only.
+	// handshakeMaxHold bounds a connection's handshake phase as the guard
+	// sees it: a slot held that long is freed, and a connection that began
+	// its handshake that long ago reads plainly, should net/http ever stop
+	// reporting the end of its handshakes (a server computes its part in
+	// well under a second). It keeps the guard safe at the price of
+	// precision only.
 	handshakeMaxHold = 10 * time.Second
 	// upstreamKeepAlivePeriod is the TCP keep-alive upstream's serving sets
 	// on each *net.TCPConn it accepts; a wrapped connection is no longer
@@ -35,15 +37,17 @@ var errNoHandshakeSlot = errors.New("too many TLS handshakes in progress; connec
 // compute at once to limit, so that a reconnect storm (every client of a
 // restarted or failed-over replica arriving in the same second) spends at
 // most that many goroutines on handshake cryptography and leaves the CPU to
-// the requests already being served. A connection holds a slot while the
-// server computes its side of the handshake: from the moment the client's
-// whole ClientHello has arrived until the server sends its reply (key
-// exchange and signature done), the handshake ends or the connection
-// closes. Waiting on the network holds none: neither an idle connection nor
-// one that trickles its ClientHello or stalls after the server's reply (a
-// slowloris client), which net/http closes at its handshake deadline. A
-// connection that waits longer than handshakeSlotWait for a slot is closed;
-// its client retries, through a load balancer perhaps on another replica.
+// the requests already being served. A connection holds a slot only while
+// the server computes its side of the handshake: from the moment the
+// client's whole ClientHello has arrived until the server sends its reply
+// (key exchange and signature), and again from the moment the client's
+// next flight arrives until the server has checked it (its certificate) and
+// the handshake ends. Waiting on the network holds none: neither an idle
+// connection nor one that trickles its ClientHello or stalls after the
+// server's reply (a slowloris client), which net/http closes at its
+// handshake deadline. A connection that waits longer than handshakeSlotWait
+// for a slot is closed; its client retries, through a load balancer perhaps
+// on another replica.
 //
 // ln is the plain TCP listener the apiserver wraps in TLS itself.
 func LimitTLSHandshakes(ln net.Listener, limit int) net.Listener {
@@ -72,32 +76,33 @@ func (l *handshakeLimitListener) Accept() (net.Conn, error) {
 	return &handshakeLimitConn{Conn: c, guard: l}, nil
 }
 
-// handshakeLimitConn holds a slot of its listener while the server computes
-// its reply to the client's ClientHello.
+// handshakeLimitConn holds a slot of its listener while the server
+// computes its part of the handshake.
 type handshakeLimitConn struct {
 	net.Conn
 	guard *handshakeLimitListener
 
 	// Only the TLS layer's reader touches these.
-	helloRead bool   // the first record was read
-	hello     []byte // what of it the TLS layer has yet to read
+	helloRead bool      // the first record was read
+	hello     []byte    // what of it the TLS layer has yet to read
+	helloAt   time.Time // when it was read
 
-	holding atomic.Bool // holds a slot now
-	mu      sync.Mutex
-	expiry  *time.Timer // frees the slot after maxHold
+	handshakeOver atomic.Bool // reads are plain from now on
+	holding       atomic.Bool // holds a slot now
+	mu            sync.Mutex
+	expiry        *time.Timer // frees the slot after maxHold
 }
 
 func (c *handshakeLimitConn) Read(b []byte) (int, error) {
 	if !c.helloRead {
 		c.helloRead = true
 		record, complete, err := readFirstRecord(c.Conn)
+		c.helloAt = time.Now()
 		if err != nil {
 			return 0, err
 		}
 		if complete && !c.acquire() {
-			tlsHandshakesRejected.Inc()
-			c.Conn.Close()
-			return 0, errNoHandshakeSlot
+			return 0, c.reject()
 		}
 		c.hello = record
 	}
@@ -106,7 +111,24 @@ func (c *handshakeLimitConn) Read(b []byte) (int, error) {
 		c.hello = c.hello[n:]
 		return n, nil
 	}
-	return c.Conn.Read(b)
+	if c.handshakeOver.Load() || time.Since(c.helloAt) > c.guard.maxHold {
+		return c.Conn.Read(b)
+	}
+	// Still handshaking: wait for the client's next flight without a slot,
+	// then let the server check it with one.
+	c.release()
+	n, err := c.Conn.Read(b)
+	if n > 0 && !c.handshakeOver.Load() && !c.acquire() {
+		return 0, c.reject()
+	}
+	return n, err
+}
+
+// reject closes a connection that found no slot in time.
+func (c *handshakeLimitConn) reject() error {
+	tlsHandshakesRejected.Inc()
+	c.Conn.Close()
+	return errNoHandshakeSlot
 }
 
 const (
@@ -136,8 +158,8 @@ func readFirstRecord(r io.Reader) (record []byte, complete bool, err error) {
 	return record, true, nil
 }
 
-// Write sends the server's part of the handshake once it is computed, and
-// everything after: the slot is free from the first write on.
+// Write sends what the server computed: the slot is free while it waits
+// for the client's answer.
 func (c *handshakeLimitConn) Write(b []byte) (int, error) {
 	c.release()
 	return c.Conn.Write(b)
@@ -154,7 +176,7 @@ func (c *handshakeLimitConn) acquire() bool {
 	tlsHandshakesInProgress.Inc()
 	c.mu.Lock()
 	c.holding.Store(true)
-	c.expiry = time.AfterFunc(c.guard.maxHold, c.release)
+	c.expiry = time.AfterFunc(c.guard.maxHold, c.endHandshake)
 	c.mu.Unlock()
 	return true
 }
@@ -174,12 +196,18 @@ func (c *handshakeLimitConn) release() {
 	tlsHandshakesInProgress.Dec()
 }
 
+// endHandshake frees the slot for good: every later read is plain.
+func (c *handshakeLimitConn) endHandshake() {
+	c.handshakeOver.Store(true)
+	c.release()
+}
+
 // SetReadDeadline with a zero time is how net/http ends the handshake phase
 // of a connection (it sets a deadline for the handshake and clears it once
 // the handshake succeeded).
 func (c *handshakeLimitConn) SetReadDeadline(t time.Time) error {
 	if t.IsZero() {
-		c.release()
+		c.endHandshake()
 	}
 	return c.Conn.SetReadDeadline(t)
 }

@@ -14,10 +14,13 @@ import (
 	"github.com/bulwark-k8s/bulwark/internal/pki"
 )
 
-// heldServerName is the server name whose handshakes the test server
-// computes only once its hold channel is closed: a handshake whose server
-// side is busy.
-const heldServerName = "held.test"
+// The server names whose handshakes the test server holds until its hold
+// channel is closed: before it computes its reply (heldServerName), and
+// while it checks the client's answer (heldCheckServerName).
+const (
+	heldServerName      = "held.test"
+	heldCheckServerName = "held-check.test"
+)
 
 // startGuardedTLSServer serves TLS as upstream's secure serving does
 // (net/http, ReadHeaderTimeout 32 s unless readHeaderTimeout says otherwise)
@@ -46,12 +49,19 @@ func startGuardedTLSServer(t *testing.T, readHeaderTimeout, wait, maxHold time.D
 		t.Fatal(err)
 	}
 	guard := newHandshakeLimitListener(ln, 1, wait, maxHold)
-	serverConfig := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}}
+	// As upstream's secure serving with a client CA: certificates asked for, not required.
+	serverConfig := &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"http/1.1"}, ClientAuth: tls.RequestClientCert}
 	serverConfig.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
 		if hello.ServerName == heldServerName {
 			<-hold
 		}
 		return nil, nil
+	}
+	serverConfig.VerifyConnection = func(cs tls.ConnectionState) error {
+		if cs.ServerName == heldCheckServerName {
+			<-hold
+		}
+		return nil
 	}
 	srv := &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}),
@@ -63,10 +73,10 @@ func startGuardedTLSServer(t *testing.T, readHeaderTimeout, wait, maxHold time.D
 	return guard, &tls.Config{RootCAs: roots, ServerName: "127.0.0.1"}
 }
 
-// held is config for a handshake the server holds.
-func held(config *tls.Config) *tls.Config {
+// held is config for a handshake the server holds (see heldServerName).
+func held(config *tls.Config, serverName string) *tls.Config {
 	c := config.Clone()
-	c.ServerName = heldServerName
+	c.ServerName = serverName
 	c.InsecureSkipVerify = true // the serving certificate is not for that name
 	return c
 }
@@ -167,7 +177,7 @@ func TestLimitTLSHandshakes(t *testing.T) {
 	// A handshake the server is computing holds the only slot: the next one
 	// waits, then its connection is closed.
 	heldDone := make(chan error, 1)
-	go func() { heldDone <- handshake(addr, held(clientConfig)) }()
+	go func() { heldDone <- handshake(addr, held(clientConfig, heldServerName)) }()
 	waitForSlots(t, guard, 1)
 	start := time.Now()
 	if err := handshake(addr, clientConfig); err == nil {
@@ -188,13 +198,33 @@ func TestLimitTLSHandshakes(t *testing.T) {
 	}
 }
 
+// TestLimitTLSHandshakesHoldsWhileCheckingTheClient: the server's check of
+// the client's answer (its certificate, its Finished) is computation too,
+// and holds a slot.
+func TestLimitTLSHandshakesHoldsWhileCheckingTheClient(t *testing.T) {
+	hold := make(chan struct{})
+	guard, clientConfig := startGuardedTLSServer(t, 32*time.Second, 300*time.Millisecond, time.Hour, hold)
+	addr := guard.Addr().String()
+	// TLS 1.3: the client is done with its side before the server checks it.
+	go handshake(addr, held(clientConfig, heldCheckServerName))
+	waitForSlots(t, guard, 1)
+	if err := handshake(addr, clientConfig); err == nil {
+		t.Fatal("a handshake succeeded while the server was checking another client with the only slot")
+	}
+	close(hold)
+	waitForSlots(t, guard, 0)
+	if err := handshake(addr, clientConfig); err != nil {
+		t.Fatalf("handshake after the check: %v", err)
+	}
+}
+
 // TestLimitTLSHandshakesMaxHold: a server that never replies still gets its
 // slots back.
 func TestLimitTLSHandshakesMaxHold(t *testing.T) {
 	hold := make(chan struct{})
 	defer close(hold)
 	guard, clientConfig := startGuardedTLSServer(t, 0, time.Second, 200*time.Millisecond, hold)
-	go handshake(guard.Addr().String(), held(clientConfig))
+	go handshake(guard.Addr().String(), held(clientConfig, heldServerName))
 	waitForSlots(t, guard, 1)
 	waitForSlots(t, guard, 0)
 	if err := handshake(guard.Addr().String(), clientConfig); err != nil {

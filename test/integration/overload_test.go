@@ -184,3 +184,51 @@ func grepLines(text, prefix string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestLargeListLimit holds a LIST of every ConfigMap (100 MB) in flight with
+// one large LIST allowed at a time: another gets 429 after its second of
+// waiting, while a paged LIST, a namespaced LIST and a LIST by selector are
+// served; once the first is gone, the next large LIST is served.
+func TestLargeListLimit(t *testing.T) {
+	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
+	now := time.Now().UTC().Format(time.RFC3339)
+	putObjects(t, etcd.ClientURL, 2000, func(i int) (string, string) {
+		return fmt.Sprintf("/registry/configmaps/default/big-%d", i),
+			fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"big-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"data":{"payload":%q}}`,
+				i, i, now, strings.Repeat("x", 50000))
+	})
+	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{
+		"--max-concurrent-large-lists=1", "--large-list-min-bytes=1Mi",
+		// Upstream measures each resource once a minute by default; the
+		// first measure after the start fails while the watch cache fills.
+		"--etcd-count-metric-poll-period=2s",
+	}})
+	waitUntil(t, time.Minute, "ConfigMaps measured", func() bool {
+		return strings.Contains(metrics(t, s), `apiserver_resource_objects{group="",resource="configmaps"} 2000`)
+	})
+
+	release := stallLists(t, s, 1)
+	start := time.Now()
+	if code, body := call(t, s, "GET", "/api/v1/configmaps", "test", false); code != http.StatusTooManyRequests {
+		t.Errorf("a second large LIST: %d %.200s, want 429", code, body)
+	} else if waited := time.Since(start); waited < time.Second {
+		t.Errorf("a second large LIST refused after %v, before its second of waiting", waited)
+	}
+	for _, path := range []string{
+		"/api/v1/configmaps?limit=500",
+		"/api/v1/namespaces/default/configmaps?limit=10",
+		"/api/v1/configmaps?labelSelector=app%3Dnone",
+	} {
+		if code, body := call(t, s, "GET", path, "test", false); code != http.StatusOK {
+			t.Errorf("%s beside a large LIST: %d %.200s", path, code, body)
+		}
+	}
+	release()
+	waitUntil(t, 30*time.Second, "a large LIST served once the first is gone", func() bool {
+		code, _ := call(t, s, "GET", "/api/v1/configmaps", "test", false)
+		return code == http.StatusOK
+	})
+	if m := metrics(t, s); !strings.Contains(m, `bulwark_large_list_rejected_requests_total{group="",resource="configmaps"}`) {
+		t.Error("the rejected large LIST was not counted")
+	}
+}

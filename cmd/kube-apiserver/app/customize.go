@@ -35,17 +35,22 @@ type additions struct {
 	shedder *filters.OverloadShedder
 	// maxHandshakes is 0 when TLS handshakes are not bounded.
 	maxHandshakes int
-	indexes       cacher.Indexes
-	bookmarks     *bookmark.Manager
+	// maxLargeLists is 0 when large LISTs are not bounded.
+	maxLargeLists     int
+	largeListMinBytes int64
+	indexes           cacher.Indexes
+	bookmarks         *bookmark.Manager
 }
 
 // newAdditions builds them from the options; the limiter follows its file
 // until ctx is done.
 func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	a := &additions{
-		talkers:       filters.NewTopTalkers(),
-		shedder:       filters.NewOverloadShedder(o.Overload),
-		maxHandshakes: o.MaxConcurrentTLSHandshakes,
+		talkers:           filters.NewTopTalkers(),
+		shedder:           filters.NewOverloadShedder(o.Overload),
+		maxHandshakes:     o.MaxConcurrentTLSHandshakes,
+		maxLargeLists:     o.MaxConcurrentLargeLists,
+		largeListMinBytes: o.LargeListMinBytes.Value(),
 	}
 	// First: the limiter's first load and the shedder record metrics.
 	filters.RegisterMetrics(a.talkers)
@@ -109,6 +114,9 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		}
 		if a.caches != nil { // a nil *Readiness in the interface would not be nil
 			chain.Caches = a.caches
+		}
+		if a.maxLargeLists > 0 && c.StorageObjectCountTracker != nil {
+			chain.LargeLists = filters.NewLargeListLimiter(c.StorageObjectCountTracker, a.largeListMinBytes, a.maxLargeLists)
 		}
 		return chain.Wrap(buildUpstream(apiHandler, c))
 	}

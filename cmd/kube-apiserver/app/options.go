@@ -23,6 +23,8 @@ const (
 	defaultHardInflight         = 4000
 	defaultSoftSchedulerLatency = 250 * time.Millisecond
 	defaultHardSchedulerLatency = time.Second
+	// defaultLargeListMinBytes: 20,000 pods of a typical size.
+	defaultLargeListMinBytes = 32 << 20
 )
 
 // Options are Bulwark's own flags.
@@ -37,6 +39,11 @@ type Options struct {
 	// MaxConcurrentTLSHandshakes bounds the TLS handshakes in progress; 0
 	// does not bound them.
 	MaxConcurrentTLSHandshakes int
+	// MaxConcurrentLargeLists bounds the large LISTs in flight; 0 does not
+	// bound them.
+	MaxConcurrentLargeLists int
+	// LargeListMinBytes is the size from which a LIST of a whole resource is large.
+	LargeListMinBytes resource.QuantityValue
 	// WatchCacheLabelIndexes are resource:label-key pairs the watch caches index.
 	WatchCacheLabelIndexes []string
 	// WatchCacheFieldIndexes are resource:field pairs the watch caches index.
@@ -58,12 +65,17 @@ func NewOptions() *Options {
 			SoftSchedulerLatency: defaultSoftSchedulerLatency,
 			HardSchedulerLatency: defaultHardSchedulerLatency,
 		},
-		// Enough to keep every core busy while some handshakes wait on the
-		// network; few enough that a reconnect storm's handshakes get a small
-		// share of the CPU beside the requests being served.
+		// Enough for a reconnect storm's handshakes to be computed at the
+		// speed of the CPU; a bound on the goroutines doing it.
 		MaxConcurrentTLSHandshakes: 4 * runtime.GOMAXPROCS(0),
-		WatchCacheLabelIndexes:     cacher.DefaultLabelIndexes,
-		WatchBookmarkInterval:      bookmark.DefaultInterval,
+		// One per CPU: a LIST of a whole large resource keeps a core busy
+		// encoding tens of megabytes.
+		MaxConcurrentLargeLists: max(2, runtime.GOMAXPROCS(0)),
+		LargeListMinBytes: resource.QuantityValue{
+			Quantity: *resource.NewQuantity(defaultLargeListMinBytes, resource.BinarySI),
+		},
+		WatchCacheLabelIndexes: cacher.DefaultLabelIndexes,
+		WatchBookmarkInterval:  bookmark.DefaultInterval,
 		WatchCacheStartHistoryBudget: resource.QuantityValue{
 			Quantity: *resource.NewQuantity(bookmark.DefaultHistoryBudget, resource.BinarySI),
 		},
@@ -106,6 +118,11 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.MaxConcurrentTLSHandshakes, "max-concurrent-tls-handshakes", o.MaxConcurrentTLSHandshakes,
 		"TLS handshakes the secure port runs at once (default: 4 per CPU); a connection that waits more than 5s for its turn is closed, "+
 			"so that a reconnect storm cannot take the CPU from the requests being served. 0 does not bound them.")
+	fs.IntVar(&o.MaxConcurrentLargeLists, "max-concurrent-large-lists", o.MaxConcurrentLargeLists,
+		"LISTs of a whole large resource (cluster-wide, no selector, no limit of 500 or less; see --large-list-min-bytes) served at once "+
+			"(default: one per CPU, at least 2), whoever sends them; one more waits up to 1s for its turn, then gets 429. 0 does not bound them.")
+	fs.Var(&o.LargeListMinBytes, "large-list-min-bytes",
+		"Size of a resource (its objects times their average size, as its storage estimates them) from which a LIST of all of it is large.")
 	fs.StringSliceVar(&o.WatchCacheLabelIndexes, "watch-cache-label-indexes", o.WatchCacheLabelIndexes,
 		"Labels the watch cache indexes, as resource[.group]:label-key (e.g. pods:app, deployments.apps:app.kubernetes.io/name). "+
 			"A LIST whose label selector requires one value of an indexed label reads only the objects with that value. Empty: no label indexes.")
