@@ -32,7 +32,7 @@ type ObjectCounts interface {
 
 // LargeListLimiter bounds the large LISTs served at once: those of a whole
 // resource, cluster-wide, without a selector or a page limit, whose
-// objects add up to more than MinBytes. One such LIST of 50,000 pods builds
+// objects add up to minBytes or more. One such LIST of 50,000 pods builds
 // a response of tens of megabytes; dozens at once (a DaemonSet's agents, a
 // controller in a loop, many scripts) take gigabytes, and the CPU of their
 // garbage collection from every other request, heartbeats included. API

@@ -94,6 +94,18 @@ func seedWidgets(t *testing.T, etcdURL string, gvk schema.GroupVersionKind, n in
 	})
 }
 
+// putBigConfigMaps writes n ConfigMaps big-<i> in default, each with a
+// payload of size bytes, into etcd.
+func putBigConfigMaps(t *testing.T, etcdURL string, n, size int) {
+	t.Helper()
+	now := time.Now().UTC().Format(time.RFC3339)
+	putObjects(t, etcdURL, n, func(i int) (string, string) {
+		return fmt.Sprintf("/registry/configmaps/default/big-%d", i),
+			fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"big-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"data":{"payload":%q}}`,
+				i, i, now, strings.Repeat("x", size))
+	})
+}
+
 // putObjects writes n objects into etcd behind the apiserver's back, far
 // faster than creating them through it.
 func putObjects(t *testing.T, etcdURL string, n int, object func(i int) (key, value string)) {

@@ -56,13 +56,8 @@ func stallLists(t *testing.T, s *framework.APIServer, n int) (release func()) {
 // gone the client, on a new connection, is served again.
 func TestOverloadHardThresholdClosesConnections(t *testing.T) {
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
-	now := time.Now().UTC().Format(time.RFC3339)
 	// 100 MB of ConfigMaps: far more than socket buffers hold.
-	putObjects(t, etcd.ClientURL, 2000, func(i int) (string, string) {
-		return fmt.Sprintf("/registry/configmaps/default/big-%d", i),
-			fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"big-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"data":{"payload":%q}}`,
-				i, i, now, strings.Repeat("x", 50000))
-	})
+	putBigConfigMaps(t, etcd.ClientURL, 2000, 50000)
 	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{
 		// Soft shedding off: it would turn away the stalled LISTs themselves.
 		"--overload-soft-inflight=0", "--overload-hard-inflight=3",
@@ -191,12 +186,7 @@ func grepLines(text, prefix string) string {
 // served; once the first is gone, the next large LIST is served.
 func TestLargeListLimit(t *testing.T) {
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
-	now := time.Now().UTC().Format(time.RFC3339)
-	putObjects(t, etcd.ClientURL, 2000, func(i int) (string, string) {
-		return fmt.Sprintf("/registry/configmaps/default/big-%d", i),
-			fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"big-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"data":{"payload":%q}}`,
-				i, i, now, strings.Repeat("x", 50000))
-	})
+	putBigConfigMaps(t, etcd.ClientURL, 2000, 50000)
 	s := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{
 		"--max-concurrent-large-lists=1", "--large-list-min-bytes=1Mi",
 		// Upstream measures each resource once a minute by default; the
