@@ -82,7 +82,7 @@ func (s Swap) Run() (backup string, err error) {
 			return "", fmt.Errorf("--user-agent-limits-config %q: want an absolute host path", s.UserAgentLimitsConfig)
 		}
 		args = append(args, Arg{Name: "user-agent-limits-config", Value: s.UserAgentLimitsConfig})
-		mountDir(pod, container, filepath.Dir(s.UserAgentLimitsConfig))
+		mountDir(pod, container, filepath.Dir(filepath.Clean(s.UserAgentLimitsConfig)))
 	}
 	for _, a := range args {
 		container.Command = setFlag(container.Command, a)
@@ -140,10 +140,16 @@ func setFlag(command []string, a Arg) []string {
 	return append(command, a.String())
 }
 
-// mountDir mounts a host directory read-only at the same path, once.
+// mountDir mounts a host directory read-only at the same path, as the one
+// volume Bulwark adds: the one an earlier swap added (maybe for another
+// directory) is replaced, since the kubelet rejects a pod with two volumes
+// of one name. A directory that a volume of the manifest's own already
+// mounts, itself or one above it, needs none.
 func mountDir(pod *corev1.Pod, container *corev1.Container, dir string) {
+	pod.Spec.Volumes = slices.DeleteFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == configVolume })
+	container.VolumeMounts = slices.DeleteFunc(container.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == configVolume })
 	for _, m := range container.VolumeMounts {
-		if m.MountPath == dir {
+		if mounted := filepath.Clean(m.MountPath); dir == mounted || strings.HasPrefix(dir, strings.TrimSuffix(mounted, "/")+"/") {
 			return
 		}
 	}

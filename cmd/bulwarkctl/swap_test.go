@@ -132,6 +132,77 @@ func TestSwapAndRollback(t *testing.T) {
 	}
 }
 
+// TestSwapIsIdempotent: swapping again with the same settings changes
+// nothing, and with the config in another directory (or under a directory
+// kubeadm mounts already) leaves one mount for it: never two volumes of one
+// name, which the kubelet rejects.
+func TestSwapIsIdempotent(t *testing.T) {
+	dir := t.TempDir()
+	manifest := kubeadmManifest(t, dir)
+	original, _ := os.ReadFile(manifest)
+	_, kubeadmContainer, err := parse(original)
+	if err != nil {
+		t.Fatal(err)
+	}
+	swap := Swap{Manifest: manifest, Image: "bulwark/kube-apiserver:v1.37.2-bulwark.1"}
+	for _, step := range []struct {
+		config string
+		// mount is the directory of Bulwark's volume, "" for none.
+		mount string
+	}{
+		{"/etc/bulwark/limits.yaml", "/etc/bulwark"},
+		{"/etc/bulwark/limits.yaml", "/etc/bulwark"},
+		{"/srv/bulwark/config/limits.yaml", "/srv/bulwark/config"},
+		{"/srv/bulwark/config/../other/limits.yaml", "/srv/bulwark/other"},
+		// kubeadm mounts /etc/kubernetes/pki (its certificates directory).
+		{filepath.Join(dir, "etc/kubernetes/pki/bulwark/limits.yaml"), ""},
+		{"/etc/bulwark/limits.yaml", "/etc/bulwark"},
+	} {
+		swap.UserAgentLimitsConfig = step.config
+		if _, err := swap.Run(); err != nil {
+			t.Fatal(err)
+		}
+		after, _ := os.ReadFile(manifest)
+		pod, c, err := parse(after)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := map[string]int{}
+		for _, v := range pod.Spec.Volumes {
+			names[v.Name]++
+		}
+		for name, n := range names {
+			if n > 1 {
+				t.Errorf("%s: %d volumes named %s", step.config, n, name)
+			}
+		}
+		var mounts []string
+		for _, m := range c.VolumeMounts {
+			if m.Name == configVolume {
+				mounts = append(mounts, m.MountPath)
+			}
+		}
+		switch {
+		case step.mount == "" && len(mounts) != 0, step.mount != "" && !slices.Equal(mounts, []string{step.mount}):
+			t.Errorf("%s: Bulwark's mounts %q, want %q", step.config, mounts, step.mount)
+		}
+		if n := len(c.VolumeMounts) - len(mounts); n != len(kubeadmContainer.VolumeMounts) {
+			t.Errorf("%s: %d of kubeadm's mounts left, want %d", step.config, n, len(kubeadmContainer.VolumeMounts))
+		}
+		if names[configVolume] != len(mounts) {
+			t.Errorf("%s: %d volumes %s for %d mounts", step.config, names[configVolume], configVolume, len(mounts))
+		}
+	}
+	// The same swap twice: the same bytes.
+	first, _ := os.ReadFile(manifest)
+	if _, err := swap.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(manifest); string(again) != string(first) {
+		t.Errorf("the same swap again changed the manifest:\n%s\nthen\n%s", first, again)
+	}
+}
+
 // TestSwapRejects: a manifest that is not kube-apiserver's, or not valid,
 // is left as it is and nothing is backed up.
 func TestSwapRejects(t *testing.T) {

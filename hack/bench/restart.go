@@ -5,69 +5,38 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/cache"
+
+	"github.com/bulwark-k8s/bulwark/internal/podwatch"
 )
 
 // restartStopGrace bounds the graceful stop of the restart scenario.
 const restartStopGrace = 10 * time.Minute
 
-// kubeletWatcher is a client-go reflector on the pods of one node, as a
-// kubelet runs, counting its LISTs and when its watch last started.
-type kubeletWatcher struct {
-	lists        atomic.Int64
-	watchStarted atomic.Int64 // unix nanos of the last successful watch start
-}
-
-func (w *kubeletWatcher) listWatch(client kubernetes.Interface, node string) *cache.ListWatch {
-	selector := fields.OneTermEqualSelector("spec.nodeName", node).String()
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			w.lists.Add(1)
-			o.FieldSelector = selector
-			return client.CoreV1().Pods("").List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			// A streaming list (sendInitialEvents) is a relist too.
-			if o.SendInitialEvents != nil && *o.SendInitialEvents {
-				w.lists.Add(1)
-			}
-			o.FieldSelector = selector
-			o.AllowWatchBookmarks = true
-			wi, err := client.CoreV1().Pods("").Watch(ctx, o)
-			if err == nil {
-				w.watchStarted.Store(time.Now().UnixNano())
-			}
-			return wi, err
-		},
-	}
-}
+// relistBackoff is past client-go's backoff between a watch that failed
+// (410 Gone) and the reflector's LIST: 800 ms at first, with jitter.
+const relistBackoff = 3 * time.Second
 
 // startKubeletWatchers starts a kubelet-style reflector per node (at most
 // p.RestartWatchers), each group of 100 on its own connection, and waits
 // until all have synced and watch. stop stops them and waits for them.
-func startKubeletWatchers(ctx context.Context, s *server, p Params) (watchers []*kubeletWatcher, stop func(), err error) {
+func startKubeletWatchers(ctx context.Context, s *server, p Params) (watchers []*podwatch.Watcher, stop func(), err error) {
 	n := min(p.RestartWatchers, p.Nodes)
-	watchers = make([]*kubeletWatcher, n)
-	var wg sync.WaitGroup
+	watchers = make([]*podwatch.Watcher, n)
 	ctx, cancel := context.WithCancel(ctx)
+	var running []<-chan struct{}
 	stop = func() {
 		cancel()
-		wg.Wait()
+		for _, done := range running {
+			<-done
+		}
 	}
-	var reflectors []*cache.Reflector
 	const watchersPerConnection = 100
 	var client kubernetes.Interface
 	for i := range n {
@@ -77,25 +46,13 @@ func startKubeletWatchers(ctx context.Context, s *server, p Params) (watchers []
 				return nil, nil, err
 			}
 		}
-		w := &kubeletWatcher{}
-		watchers[i] = w
-		r := cache.NewReflector(w.listWatch(client, nodeName(i)), &corev1.Pod{}, cache.NewStore(cache.MetaNamespaceKeyFunc), 0)
-		reflectors = append(reflectors, r)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.RunWithContext(ctx)
-		}()
+		watchers[i] = podwatch.ForNode(nodeName(i))
+		running = append(running, watchers[i].Start(ctx, client))
 	}
 	// Synced, not only watching: a streaming list's watch starts before the
 	// server has sent its initial events.
 	synced := func() bool {
-		for _, r := range reflectors {
-			if r.LastSyncResourceVersion() == "" {
-				return false
-			}
-		}
-		return countWatching(watchers, time.Time{}) == n
+		return !slices.ContainsFunc(watchers, func(w *podwatch.Watcher) bool { return !w.Synced() })
 	}
 	if err := poll(ctx, 5*time.Minute, synced); err != nil {
 		stop()
@@ -156,15 +113,12 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	}
 	defer stop()
 	n := len(watchers)
-	allWatching := func(since time.Time) bool { return countWatching(watchers, since) == n }
+	allWatching := func(since time.Time) bool { return podwatch.WatchingSince(watchers, since) == n }
 	churnCtx, stopChurn := context.WithTimeout(ctx, restartSettle)
 	changed := churn(churnCtx, s, p)
 	stopChurn()
 
-	listsBefore := int64(0)
-	for _, w := range watchers {
-		listsBefore += w.lists.Load()
-	}
+	listsBefore, goneBefore := podwatch.Totals(watchers)
 	rangesBefore, err := etcdRangeCount(ctx, s.etcdURL)
 	if err != nil {
 		return nil, err
@@ -194,11 +148,13 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	// A watch started after the old process exited is a re-established
 	// one; the new process serves watches a moment before /readyz says ok.
 	if err := poll(ctx, 3*time.Minute, func() bool { return allWatching(stopped) }); err != nil {
-		return nil, fmt.Errorf("watchers re-establishing: %d of %d watching: %w", countWatching(watchers, stopped), n, err)
+		return nil, fmt.Errorf("watchers re-establishing: %d of %d watching: %w", podwatch.WatchingSince(watchers, stopped), n, err)
 	}
-	var last int64
+	var last time.Time
 	for _, w := range watchers {
-		last = max(last, w.watchStarted.Load())
+		if w.WatchStarted().After(last) {
+			last = w.WatchStarted()
+		}
 	}
 	// The new process's whole life so far is the recovery.
 	u, err := processUsage(s.proc.Pid())
@@ -212,33 +168,35 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	if err := unchurn(ctx, s, p, changed); err != nil {
 		return nil, err
 	}
-	relists := int64(0)
-	for _, w := range watchers {
-		relists += w.lists.Load()
+	// A reflector that got 410 Gone lists after client-go's backoff (under
+	// a second at first): count past it.
+	if err := sleep(ctx, relistBackoff); err != nil {
+		return nil, err
 	}
-	relists -= listsBefore
+	listsAfter, goneAfter := podwatch.Totals(watchers)
+	relists, gone := listsAfter-listsBefore, goneAfter-goneBefore
 	return &measurement{
 		values: []namedValue{
 			{"watchers", "count", float64(n)},
 			{"pods changed before the restart", "count", float64(len(changed))},
+			{"410 Gone received by watchers", "count", float64(gone)},
 			{"relists after restart", "count", float64(relists)},
 			{"graceful stop", "s", stopped.Sub(start).Seconds()},
 			{"start to ready", "s", ready.Sub(stopped).Seconds()},
-			{"start to all watches re-established", "s", time.Unix(0, last).Sub(stopped).Seconds()},
+			{"start to all watches re-established", "s", last.Sub(stopped).Seconds()},
 			{"etcd range requests during recovery", "count", rangesAfter - rangesBefore},
 		},
 		usage: &u,
 	}, nil
 }
 
-func countWatching(watchers []*kubeletWatcher, since time.Time) int {
-	n := 0
-	for _, w := range watchers {
-		if w.watchStarted.Load() >= since.UnixNano() {
-			n++
-		}
+func sleep(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
 	}
-	return n
 }
 
 func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {

@@ -117,7 +117,7 @@ func (r *Run) measure(ctx context.Context, name string, bundle *pki.Bundle, etcd
 		return err
 	}
 	report.add("startup", "ready with caches filled", "s", name, time.Since(started).Seconds())
-	report.add("startup", "RSS after start", "MiB", name, must(rssMiB(proc.Pid())))
+	report.add("startup", "RSS after start", "MiB", name, orNaN(rssMiB(proc.Pid())))
 
 	for _, sc := range scenarios(r.Params) {
 		if !r.Filter.MatchString(sc.name) {
@@ -175,8 +175,11 @@ func warmUp(ctx context.Context, s *server) error {
 	return nil
 }
 
-func must(v float64, err error) float64 {
+// orNaN is a measurement, or NaN (printed as a missing figure, never a
+// number) when it could not be taken; the error is logged.
+func orNaN(v float64, err error) float64 {
 	if err != nil {
+		logf("measurement failed: %v", err)
 		return math.NaN()
 	}
 	return v

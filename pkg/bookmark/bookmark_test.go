@@ -393,3 +393,66 @@ func TestUnparsableResourceVersion(t *testing.T) {
 		t.Errorf("watch from resourceVersion abc: %v, want BadRequest", err)
 	}
 }
+
+// TestPlainWatches: a watch this package cannot improve is the watch
+// cache's own, with no goroutine or channel in between; one that takes
+// bookmarks at an interval is served by segments.
+func TestPlainWatches(t *testing.T) {
+	e := startEtcd(t)
+	for _, tc := range []struct {
+		name      string
+		config    Config
+		bookmarks bool
+		segmented bool
+	}{
+		{"bookmarks, interval", Config{Interval: time.Second}, true, true},
+		{"no bookmarks asked for", Config{Interval: time.Second, HistoryBudget: 1 << 20}, false, false},
+		{"bookmarks, upstream's interval", Config{HistoryBudget: 1 << 20}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, _ := e.newStorage(t, newManager(t, tc.config))
+			rv := put(t, s, pod("ns", "p", nil))
+			opts := watchOpts(rv, "")
+			opts.Predicate.AllowWatchBookmarks = tc.bookmarks
+			w, err := s.Watch(context.Background(), prefix, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Stop()
+			if _, segmented := w.(*resumingWatch); segmented != tc.segmented {
+				t.Errorf("watch %T, segmented %v; want %v", w, segmented, tc.segmented)
+			}
+		})
+	}
+	// Nothing to do: no decorator at all.
+	if m := newManager(t, Config{}); m.Active() {
+		t.Errorf("a manager with no interval and no history budget is active")
+	}
+}
+
+// TestWatchWaitsForTheStartHistory: a watch that resumes while the start
+// history is still being read waits for it a moment, then gets 429 with a
+// Retry-After, never the cache's 410 Gone.
+func TestWatchWaitsForTheStartHistory(t *testing.T) {
+	h := &history{resource: schema.GroupResource{Resource: "pods"}, filled: make(chan struct{})}
+	start := time.Now()
+	_, _, covered, err := h.since(context.Background(), 5, prefix, storage.Everything)
+	if !apierrors.IsTooManyRequests(err) || covered {
+		t.Fatalf("while the history is read: covered %v, %v; want 429", covered, err)
+	}
+	if waited := time.Since(start); waited < historyWait {
+		t.Errorf("429 after %v, before waiting %v for the history", waited, historyWait)
+	}
+	if seconds, ok := apierrors.SuggestsClientDelay(err); !ok || seconds != historyRetryAfterSeconds {
+		t.Errorf("Retry-After %d (%v), want %d", seconds, ok, historyRetryAfterSeconds)
+	}
+	// Read meanwhile: the watch is served from it.
+	h.to, h.from = 10, 1
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		close(h.filled)
+	}()
+	if _, to, covered, err := h.since(context.Background(), 5, prefix, storage.Everything); err != nil || !covered || to != 10 {
+		t.Errorf("once read: to %d, covered %v, %v; want 10, covered", to, covered, err)
+	}
+}

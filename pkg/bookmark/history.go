@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
@@ -25,8 +26,10 @@ import (
 
 const (
 	// historyWait bounds how long a resuming watch waits for the history
-	// to be read after the cache filled; after it, the watch is the cache's.
-	historyWait = 10 * time.Second
+	// to be read, before it is told to retry in historyRetryAfterSeconds: a
+	// watch waiting here holds its seat of API Priority and Fairness.
+	historyWait              = 2 * time.Second
+	historyRetryAfterSeconds = 1
 	// historyLifetime is how long a history is kept. It serves the watches
 	// that resume right after a restart; by then the cache's own history
 	// has long moved past its start.
@@ -274,23 +277,30 @@ func (h *history) decode(ctx context.Context, key string, data []byte, rev int64
 
 // since returns the events after resourceVersion rv that a watch of key
 // with pred sees, as the watch cache would send them, and the
-// resourceVersion the watch goes on from in the cache. ok is false when the
-// history does not cover rv: the cache answers as upstream's does.
-func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64, key string, pred storage.SelectionPredicate) (events []watch.Event, to uint64, ok bool) {
-	if cache.ReadinessCheck() != nil {
-		return nil, 0, false
-	}
+// resourceVersion the watch goes on from in the cache. covered is false
+// when the history does not cover rv: the cache answers as upstream's does.
+// While the history is still being read, a watch waits for it a moment,
+// then gets 429 (client-go retries the watch, without relisting): never
+// the 410 Gone the cache would answer meanwhile.
+func (h *history) since(ctx context.Context, rv uint64, key string, pred storage.SelectionPredicate) (events []watch.Event, to uint64, covered bool, err error) {
 	select {
 	case <-h.filled:
-	case <-ctx.Done():
-		return nil, 0, false
-	case <-time.After(historyWait):
-		return nil, 0, false
+	default:
+		wait := time.NewTimer(historyWait)
+		defer wait.Stop()
+		select {
+		case <-h.filled:
+		case <-ctx.Done():
+			return nil, 0, false, ctx.Err()
+		case <-wait.C:
+			historyNotRead.WithLabelValues(h.resource.Group, h.resource.Resource).Inc()
+			return nil, 0, false, apierrors.NewTooManyRequests(fmt.Sprintf("the start history of %s is being read; resume the watch in a moment", h.resource), historyRetryAfterSeconds)
+		}
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.to == 0 || rv < h.from || rv >= h.to {
-		return nil, 0, false
+		return nil, 0, false, nil
 	}
 	prefix := key
 	if !strings.HasSuffix(prefix, "/") {
@@ -309,7 +319,7 @@ func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64,
 		}
 		if err := h.decodeEvent(ctx, e); err != nil {
 			klog.ErrorS(err, "Decoding the start history; the watch gets the cache's answer", "resource", h.resource)
-			return nil, 0, false
+			return nil, 0, false, nil
 		}
 		cur, old := matches(e, e.obj), matches(e, e.prevObject)
 		switch {
@@ -321,12 +331,12 @@ func (h *history) since(ctx context.Context, cache storage.Interface, rv uint64,
 			// As the cache: the previous object at the event's resourceVersion.
 			deleted := e.prevObject.DeepCopyObject()
 			if err := h.versioner.UpdateObject(deleted, e.rev); err != nil {
-				return nil, 0, false
+				return nil, 0, false, nil
 			}
 			events = append(events, watch.Event{Type: watch.Deleted, Object: deleted})
 		}
 	}
-	return events, h.to, true
+	return events, h.to, true, nil
 }
 
 // cacheMovedOn is told that the cache answered 410 Gone to a watch from

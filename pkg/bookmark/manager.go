@@ -47,9 +47,10 @@ const (
 	DefaultHistoryBudget = 64 << 20
 )
 
-// The cache sends a watcher's bookmark up to a second late (it checks once a
-// second, with jitter); the shortest interval leaves a segment room for it.
-const minInterval = time.Second
+// MinInterval is the shortest Interval: the cache sends a watcher's bookmark
+// up to a second late (it checks once a second, with jitter), and a segment
+// needs room for it.
+const MinInterval = time.Second
 
 // finalBookmarkTimeout bounds how long termination waits for the last
 // bookmarks: the cache sends them within about two seconds.
@@ -69,8 +70,8 @@ type Config struct {
 
 // Validate tells what is wrong with c.
 func (c Config) Validate() error {
-	if c.Interval != 0 && c.Interval < minInterval {
-		return fmt.Errorf("bookmark interval %v: want 0 (upstream's) or at least %v", c.Interval, minInterval)
+	if c.Interval != 0 && c.Interval < MinInterval {
+		return fmt.Errorf("bookmark interval %v: want 0 (upstream's) or at least %v", c.Interval, MinInterval)
 	}
 	if c.HistoryBudget < 0 {
 		return fmt.Errorf("history budget %d: want 0 (none) or more", c.HistoryBudget)
@@ -110,6 +111,12 @@ func NewManager(config Config) (*Manager, error) {
 		watches: map[*resumingWatch]struct{}{},
 		round:   make(chan struct{}),
 	}, nil
+}
+
+// Active tells whether the manager has anything to do: with no interval
+// and no history budget, watches are upstream's and need no decorator.
+func (m *Manager) Active() bool {
+	return m.config.Interval > 0 || m.config.HistoryBudget > 0
 }
 
 // Terminating is called when the apiserver starts its graceful termination,

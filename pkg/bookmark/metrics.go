@@ -30,6 +30,13 @@ var (
 		Help:           "Watches resumed from a resourceVersion older than the watch cache, served from the start history instead of 410 Gone.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource"})
+	historyNotRead = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "start_history_not_read_total",
+		Help:           "Watches resuming from before the watch cache answered 429 (retry) because the start history of their resource was still being read, instead of 410 Gone.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
 	watchGone = metrics.NewCounterVec(&metrics.CounterOpts{
 		Namespace:      "bulwark",
 		Subsystem:      "watch",
@@ -59,7 +66,7 @@ var (
 // which /metrics serves.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(bookmarksSent, segments, historyResumptions, watchGone, historyEvents, historyBytes)
+		legacyregistry.MustRegister(bookmarksSent, segments, historyResumptions, historyNotRead, watchGone, historyEvents, historyBytes)
 	})
 }
 
@@ -69,6 +76,7 @@ func registerResource(gr schema.GroupResource) {
 		bookmarksSent.WithLabelValues(gr.Group, gr.Resource, reason)
 	}
 	historyResumptions.WithLabelValues(gr.Group, gr.Resource)
+	historyNotRead.WithLabelValues(gr.Group, gr.Resource)
 	watchGone.WithLabelValues(gr.Group, gr.Resource)
 }
 

@@ -29,20 +29,34 @@ func (s *bookmarkingStorage) Unwrap() storage.Interface { return s.Interface }
 
 // Watch serves a watch as a sequence of watch-cache watches (see the
 // package doc), preceded by the events of the start history when it resumes
-// from before the cache's start.
+// from before the cache's start. A watch that takes no bookmarks, or with
+// no bookmark interval set, and that the history does not serve, is the
+// watch cache's own: nothing of this package stands between it and the
+// client.
 func (s *bookmarkingStorage) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
 	// Upstream's watch cache reports a resourceVersion that is not a number
 	// as an internal error (500); the mistake is the client's.
 	if _, err := s.Versioner().ParseResourceVersion(opts.ResourceVersion); err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
 	}
-	w := newResumingWatch(ctx, s, key, opts)
 	var replay []watch.Event
+	var replayedTo uint64
 	if from, ok := resumesFrom(opts); ok && s.history != nil {
-		if events, to, ok := s.history.since(ctx, s, from, key, opts.Predicate); ok {
-			replay, w.lastRV = events, to
+		events, to, covered, err := s.history.since(ctx, from, key, opts.Predicate)
+		if err != nil {
+			return nil, err
+		}
+		if covered {
+			replay, replayedTo = events, to
 			historyResumptions.WithLabelValues(s.resource.Group, s.resource.Resource).Inc()
 		}
+	}
+	if replayedTo == 0 && !s.segmented(opts) {
+		return s.Interface.Watch(ctx, key, opts)
+	}
+	w := newResumingWatch(ctx, s, key, opts)
+	if replayedTo > 0 {
+		w.lastRV = replayedTo
 	}
 	seg, err := w.open()
 	if err != nil {
@@ -55,6 +69,12 @@ func (s *bookmarkingStorage) Watch(ctx context.Context, key string, opts storage
 		w.run(seg, replay)
 	}()
 	return w, nil
+}
+
+// segmented tells whether a watch is served as a sequence of segments: it
+// takes bookmarks, and they come more often than upstream's.
+func (s *bookmarkingStorage) segmented(opts storage.ListOptions) bool {
+	return s.manager.config.Interval > 0 && opts.Predicate.AllowWatchBookmarks
 }
 
 // resumesFrom returns the resourceVersion a watch resumes from: one it

@@ -18,7 +18,7 @@ import (
 // the counts, the estimate and the metrics against what was stored.
 func TestIndexCensus(t *testing.T) {
 	RegisterMetrics()
-	s, _ := newConformanceStorage(t)
+	s := newIndexedStorage(t)
 	indexed := s.(*indexedStorage)
 	ctx := context.Background()
 	wantApps := map[string]bool{}

@@ -20,7 +20,8 @@ import (
 // Readiness records the storage of every resource the apiserver serves and
 // answers whether its watch cache is ready, from the storage's own
 // ReadinessCheck (upstream's cacher reports not ready while it fills, and
-// while it re-initialises after an error). The cache-not-ready gate reads it.
+// while it re-initialises after an error). The cache-not-ready gate reads
+// it, and metrics bound the resources they name by it.
 type Readiness struct {
 	mu     sync.RWMutex
 	stores map[schema.GroupResource]map[*registered]struct{}
@@ -45,6 +46,14 @@ func (r *Readiness) Ready(gr schema.GroupResource) (known, ready bool) {
 		}
 	}
 	return len(stores) > 0, true
+}
+
+// Serves tells whether the apiserver has storage for a resource: the
+// resources a metric label may name.
+func (r *Readiness) Serves(gr schema.GroupResource) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.stores[gr]) > 0
 }
 
 func (r *Readiness) add(gr schema.GroupResource, s storage.Interface) func() {

@@ -24,7 +24,7 @@ import (
 func TestSetSelectors(t *testing.T) {
 	RegisterMetrics()
 	storagemetrics.Register()
-	s, _ := newConformanceStorage(t)
+	s := newIndexedStorage(t)
 	indexed := s.(*indexedStorage)
 	ctx := context.Background()
 	for i := range 60 {

@@ -18,7 +18,11 @@ import (
 //
 // Watches and other long-running requests are not counted: their clients
 // end them as a matter of course.
-func WithAbandonedRequests(handler http.Handler, longRunning request.LongRunningRequestCheck) http.Handler {
+//
+// The labels come from a request that may not be authenticated: the verb is
+// one the apiserver knows and the resource one it serves, or "other", so
+// that no client can add series at will.
+func WithAbandonedRequests(handler http.Handler, longRunning request.LongRunningRequestCheck, resources ServedResources) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// Deferred: upstream ends a response whose client is gone by
 		// panicking with http.ErrAbortHandler, which net/http recovers.
@@ -30,10 +34,7 @@ func WithAbandonedRequests(handler http.Handler, longRunning request.LongRunning
 			if !ok || (longRunning != nil && longRunning(r, info)) {
 				return
 			}
-			verb, resource := info.Verb, info.Resource
-			if !info.IsResourceRequest {
-				verb, resource = r.Method, ""
-			}
+			verb, resource := boundedLabels(r, info, resources)
 			abandonedRequests.WithContext(context.WithoutCancel(r.Context())).WithLabelValues(verb, resource).Inc()
 		}()
 		handler.ServeHTTP(w, r)

@@ -20,6 +20,9 @@ type Chain struct {
 	Limiter *UserAgentLimiter
 	// Caches nil: no cache-not-ready gate.
 	Caches CacheReadiness
+	// Resources are those a metric label may name; nil: none, every
+	// resource label is "other".
+	Resources ServedResources
 	// LargeLists nil: large LISTs are not limited.
 	LargeLists *LargeListLimiter
 }
@@ -38,8 +41,8 @@ func (c Chain) Wrap(handler http.Handler) http.Handler {
 	}
 	handler = WithOverloadShedding(handler, c.Shedder, c.LongRunning, c.LoopbackToken)
 	handler = WithTopTalkers(handler, c.TopTalkers)
-	handler = WithAbandonedRequests(handler, c.LongRunning)
-	handler = WithHeartbeatLatency(handler)
+	handler = WithAbandonedRequests(handler, c.LongRunning, c.Resources)
+	handler = WithHeartbeats(handler)
 	// Parsed once for all of Bulwark's filters; upstream's chain parses it
 	// again, as it always does.
 	return genericapifilters.WithRequestInfo(handler, c.RequestInfoResolver)

@@ -29,14 +29,14 @@ func tooManyRequests(w http.ResponseWriter, message string, retryAfter time.Dura
 }
 
 // exempt reports requests no Bulwark filter may reject: health checks,
-// metrics, and heartbeats.
+// metrics, and heartbeats (as WithHeartbeats classified them).
 func exempt(r *http.Request) bool {
 	switch p := r.URL.Path; {
 	case p == "/healthz" || p == "/livez" || p == "/readyz" || p == "/metrics",
 		strings.HasPrefix(p, "/healthz/"), strings.HasPrefix(p, "/livez/"), strings.HasPrefix(p, "/readyz/"):
 		return true
 	}
-	return heartbeat.Classify(r.Method, r.URL.Path, r.URL.RawQuery) != heartbeat.None
+	return heartbeat.KindFrom(r.Context()) != heartbeat.None
 }
 
 // loopbackCheck recognises the apiserver's own loopback client by its bearer

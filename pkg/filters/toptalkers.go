@@ -1,10 +1,12 @@
 package filters
 
 import (
+	"hash/maphash"
 	"net/http"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -12,10 +14,15 @@ import (
 )
 
 const (
-	// topTalkersCapacity is how many User-Agents the Space-Saving summary
-	// tracks: memory is bounded by it, whatever clients send, and any
-	// User-Agent with more than 1/capacity of the requests is always in it.
+	// topTalkersCapacity is how many User-Agents each shard of the
+	// Space-Saving summary tracks: memory is bounded by it, whatever
+	// clients send, and any User-Agent with more than 1/capacity of the
+	// requests is always in it (it has more than 1/capacity of its shard's).
 	topTalkersCapacity = 200
+	// topTalkersShards spreads User-Agents over summaries of their own, by
+	// a hash of the product token, so that requests of different clients
+	// take different locks.
+	topTalkersShards = 16
 	// topTalkersExported is how many appear in the metric, bounding its
 	// label cardinality.
 	topTalkersExported = 20
@@ -28,16 +35,29 @@ const (
 
 // TopTalkers counts requests by User-Agent product token ("kubectl" for
 // "kubectl/v1.37.2 (linux/amd64) kubernetes/abc") with the Space-Saving
-// algorithm (Metwally et al., 2005): at most topTalkersCapacity counters;
-// an untracked User-Agent takes over the smallest counter, inheriting its
-// count as its possible error. Counts are exact for a User-Agent that was
-// never evicted and overestimates by at most Error otherwise.
+// algorithm (Metwally et al., 2005): at most topTalkersCapacity counters per
+// shard; an untracked User-Agent takes over the smallest counter of its
+// shard, inheriting its count as its possible error. Counts are exact for a
+// User-Agent that was never evicted and overestimate by at most Error
+// otherwise. Counting a tracked User-Agent takes a shared lock and an atomic
+// add, so that the requests of one flooding client do not queue on a lock.
 type TopTalkers struct {
-	mu          sync.Mutex
-	now         func() time.Time
+	now    func() time.Time
+	seed   maphash.Seed
+	shards [topTalkersShards]talkersShard
+}
+
+// talkersShard is the Space-Saving summary of the User-Agents that hash to it.
+type talkersShard struct {
+	mu          sync.RWMutex
 	windowStart time.Time
-	current     map[string]*TalkerCount
+	current     map[string]*talkerCounter
 	previous    []TalkerCount
+}
+
+type talkerCounter struct {
+	requests atomic.Int64
+	err      int64 // set when the counter is taken over, under the write lock
 }
 
 // TalkerCount is one User-Agent's requests in a window.
@@ -50,7 +70,11 @@ type TalkerCount struct {
 
 // NewTopTalkers returns an empty summary.
 func NewTopTalkers() *TopTalkers {
-	return &TopTalkers{now: time.Now, current: map[string]*TalkerCount{}}
+	t := &TopTalkers{now: time.Now, seed: maphash.MakeSeed()}
+	for i := range t.shards {
+		t.shards[i].current = map[string]*talkerCounter{}
+	}
+	return t
 }
 
 // productToken normalises a User-Agent to its product name, so that every
@@ -70,54 +94,72 @@ func productToken(userAgent string) string {
 // record counts one request.
 func (t *TopTalkers) record(userAgent string) {
 	key := productToken(userAgent)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.rotate()
-	if c, ok := t.current[key]; ok {
-		c.Requests++
-		return
-	}
-	if len(t.current) < topTalkersCapacity {
-		t.current[key] = &TalkerCount{UserAgent: key, Requests: 1}
-		return
-	}
-	var smallest *TalkerCount
-	for _, c := range t.current {
-		if smallest == nil || c.Requests < smallest.Requests {
-			smallest = c
-		}
-	}
-	delete(t.current, smallest.UserAgent)
-	t.current[key] = &TalkerCount{UserAgent: key, Requests: smallest.Requests + 1, Error: smallest.Requests}
-}
-
-// rotate starts a new window when the current one is over; t.mu is held.
-func (t *TopTalkers) rotate() {
+	s := &t.shards[maphash.String(t.seed, key)%topTalkersShards]
 	now := t.now()
-	if now.Sub(t.windowStart) < topTalkersWindow {
+	s.mu.RLock()
+	if c, ok := s.current[key]; ok && now.Sub(s.windowStart) < topTalkersWindow {
+		c.requests.Add(1)
+		s.mu.RUnlock()
 		return
 	}
-	if now.Sub(t.windowStart) < 2*topTalkersWindow {
-		t.previous = sorted(t.current)
-	} else {
-		t.previous = nil // a whole window without requests
+	s.mu.RUnlock()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.rotate(now)
+	if c, ok := s.current[key]; ok {
+		c.requests.Add(1)
+		return
 	}
-	t.current = map[string]*TalkerCount{}
-	t.windowStart = now.Truncate(topTalkersWindow)
+	if len(s.current) < topTalkersCapacity {
+		c := &talkerCounter{}
+		c.requests.Store(1)
+		s.current[key] = c
+		return
+	}
+	var smallestKey string
+	var smallest int64
+	for k, c := range s.current {
+		if n := c.requests.Load(); smallestKey == "" || n < smallest {
+			smallestKey, smallest = k, n
+		}
+	}
+	delete(s.current, smallestKey)
+	c := &talkerCounter{err: smallest}
+	c.requests.Store(smallest + 1)
+	s.current[key] = c
 }
 
-func sorted(m map[string]*TalkerCount) []TalkerCount {
-	out := make([]TalkerCount, 0, len(m))
-	for _, c := range m {
-		out = append(out, *c)
+// rotate starts a new window when the current one is over; s.mu is held
+// for writing.
+func (s *talkersShard) rotate(now time.Time) {
+	if now.Sub(s.windowStart) < topTalkersWindow {
+		return
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Requests != out[j].Requests {
-			return out[i].Requests > out[j].Requests
-		}
-		return out[i].UserAgent < out[j].UserAgent
-	})
+	s.previous = nil // after a whole window without requests
+	if now.Sub(s.windowStart) < 2*topTalkersWindow {
+		s.previous = counts(s.current)
+	}
+	s.current = map[string]*talkerCounter{}
+	s.windowStart = now.Truncate(topTalkersWindow)
+}
+
+func counts(m map[string]*talkerCounter) []TalkerCount {
+	out := make([]TalkerCount, 0, len(m))
+	for k, c := range m {
+		out = append(out, TalkerCount{UserAgent: k, Requests: c.requests.Load(), Error: c.err})
+	}
 	return out
+}
+
+// sortTalkers orders counts by requests, most first.
+func sortTalkers(counts []TalkerCount) {
+	sort.Slice(counts, func(i, j int) bool {
+		if counts[i].Requests != counts[j].Requests {
+			return counts[i].Requests > counts[j].Requests
+		}
+		return counts[i].UserAgent < counts[j].UserAgent
+	})
 }
 
 // TopTalkersSnapshot is what the debug endpoint shows.
@@ -128,17 +170,26 @@ type TopTalkersSnapshot struct {
 	Previous       []TalkerCount `json:"previousWindow"`
 }
 
-// Snapshot returns the top User-Agents of the current and the previous window.
+// Snapshot returns the top User-Agents of the current and the previous
+// window. The shards' windows agree: each starts on a multiple of the window.
 func (t *TopTalkers) Snapshot(n int) TopTalkersSnapshot {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.rotate()
-	cur := sorted(t.current)
+	now := t.now()
+	var current, previous []TalkerCount
+	for i := range t.shards {
+		s := &t.shards[i]
+		s.mu.Lock()
+		s.rotate(now)
+		current = append(current, counts(s.current)...)
+		previous = append(previous, s.previous...)
+		s.mu.Unlock()
+	}
+	sortTalkers(current)
+	sortTalkers(previous)
 	return TopTalkersSnapshot{
 		WindowSeconds:  int(topTalkersWindow.Seconds()),
-		CurrentStarted: t.windowStart,
-		Current:        cur[:min(n, len(cur))],
-		Previous:       append([]TalkerCount(nil), t.previous[:min(n, len(t.previous))]...),
+		CurrentStarted: now.Truncate(topTalkersWindow),
+		Current:        current[:min(n, len(current))],
+		Previous:       previous[:min(n, len(previous))],
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,7 +39,7 @@ func TestTopTalkersFindsTheFlooderAmongManyClients(t *testing.T) {
 	tt.now = clock.now
 	// Far more distinct clients than counters, and one flooder among them.
 	var flooded int64
-	for i := range 10 * topTalkersCapacity {
+	for i := range 10 * topTalkersShards * topTalkersCapacity {
 		tt.record(fmt.Sprintf("client-%d/1.0", i))
 		if i%3 == 0 {
 			tt.record("flooder/1.0 (linux)")
@@ -52,8 +53,10 @@ func TestTopTalkersFindsTheFlooderAmongManyClients(t *testing.T) {
 	if top[0].Requests-top[0].Error > flooded || top[0].Requests < flooded {
 		t.Errorf("flooder count %d (error %d) does not bound its true count %d", top[0].Requests, top[0].Error, flooded)
 	}
-	if n := len(tt.current); n > topTalkersCapacity {
-		t.Errorf("%d counters, want at most %d", n, topTalkersCapacity)
+	for i := range tt.shards {
+		if n := len(tt.shards[i].current); n > topTalkersCapacity {
+			t.Errorf("shard %d: %d counters, want at most %d", i, n, topTalkersCapacity)
+		}
 	}
 
 	// The next window exports the completed one.
@@ -88,5 +91,38 @@ bulwark_user_agent_top_requests{user_agent="kubectl"} 1
 `
 	if err := testutil.CustomCollectAndCompare(&topTalkersCollector{talkers: tt}, strings.NewReader(want), "bulwark_user_agent_top_requests"); err != nil {
 		t.Error(err)
+	}
+}
+
+// TestTopTalkersCountsConcurrentRequests: requests counted from many
+// goroutines at once are all counted, for one client and for many.
+func TestTopTalkersCountsConcurrentRequests(t *testing.T) {
+	tt := NewTopTalkers()
+	const goroutines, perGoroutine = 8, 2000
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perGoroutine {
+				tt.record("flooder/1.0")
+				tt.record(fmt.Sprintf("client-%d/1.0", (g*perGoroutine+i)%50))
+			}
+		}()
+	}
+	wg.Wait()
+	var flooder, clients int64
+	for _, c := range tt.Snapshot(100).Current {
+		if c.Error != 0 {
+			t.Errorf("%+v: an error without evictions", c)
+		}
+		if c.UserAgent == "flooder" {
+			flooder += c.Requests
+		} else {
+			clients += c.Requests
+		}
+	}
+	if flooder != goroutines*perGoroutine || clients != goroutines*perGoroutine {
+		t.Errorf("counted flooder %d, clients %d; want %d each", flooder, clients, goroutines*perGoroutine)
 	}
 }

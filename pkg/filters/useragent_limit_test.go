@@ -22,8 +22,10 @@ var requestInfoResolver = &request.RequestInfoFactory{
 
 // withRequestInfo puts upstream's RequestInfo filter around h, as
 // cmd/kube-apiserver puts it around Bulwark's filters.
+// withRequestInfo puts a filter behind what the chain runs before it: the
+// RequestInfo and the heartbeat classification.
 func withRequestInfo(h http.Handler) http.Handler {
-	return genericapifilters.WithRequestInfo(h, requestInfoResolver)
+	return genericapifilters.WithRequestInfo(WithHeartbeats(h), requestInfoResolver)
 }
 
 func writeConfig(t testing.TB, path, content string) {

@@ -11,6 +11,7 @@
 package heartbeat
 
 import (
+	"context"
 	"net/url"
 	"strings"
 )
@@ -103,4 +104,18 @@ func isWatch(rawQuery string) bool {
 	}
 	w := q.Get("watch")
 	return w != "" && w != "0" && w != "false"
+}
+
+type kindKey struct{}
+
+// WithKind returns ctx carrying the kind of heartbeat its request is, so that
+// a request is classified once, by the first filter that sees it.
+func WithKind(ctx context.Context, kind Kind) context.Context {
+	return context.WithValue(ctx, kindKey{}, kind)
+}
+
+// KindFrom returns the kind WithKind put in ctx; None when it put none.
+func KindFrom(ctx context.Context) Kind {
+	kind, _ := ctx.Value(kindKey{}).(Kind)
+	return kind
 }

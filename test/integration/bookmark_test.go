@@ -17,14 +17,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
 
+	"github.com/bulwark-k8s/bulwark/internal/podwatch"
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
 
@@ -38,6 +37,9 @@ const (
 	resumeChurnNode    = "busy-node"
 	resumeSettle       = 2*resumeInterval + time.Second
 	resumeWatchTimeout = time.Minute
+	// relistBackoff is past client-go's backoff between a watch that
+	// failed (410 Gone) and the reflector's LIST: 800 ms at first.
+	relistBackoff = 3 * time.Second
 )
 
 // TestWatchesResumeAcrossRestarts runs kubelet-style reflectors (client-go,
@@ -71,20 +73,14 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 		startRV = createPod(t, client, resumeChurnNS, fmt.Sprintf("churn-%d", i), resumeChurnNode).ResourceVersion
 	}
 
-	var reflectors sync.WaitGroup
-	defer reflectors.Wait()
-	defer cancel()
-	watchers := make([]*nodeWatcher, resumeNodes)
+	watchers := make([]*podwatch.Watcher, resumeNodes)
 	for i := range watchers {
-		watchers[i] = &nodeWatcher{node: fmt.Sprintf("node-%d", i), store: cache.NewStore(cache.MetaNamespaceKeyFunc)}
-		r := cache.NewReflectorWithOptions(watchers[i].listWatch(client), &corev1.Pod{}, watchers[i].store, cache.ReflectorOptions{Name: watchers[i].node})
-		reflectors.Add(1)
-		go func() {
-			defer reflectors.Done()
-			r.RunWithContext(ctx)
-		}()
+		watchers[i] = podwatch.ForNode(fmt.Sprintf("node-%d", i))
+		watchers[i].WatchTimeout = resumeWatchTimeout
+		defer func(done <-chan struct{}) { <-done }(watchers[i].Start(ctx, client))
 	}
-	waitUntil(t, time.Minute, "reflectors watching", func() bool { return watchingSince(watchers, time.Time{}) == resumeNodes })
+	defer cancel()
+	waitUntil(t, time.Minute, "reflectors watching", func() bool { return podwatch.WatchingSince(watchers, time.Time{}) == resumeNodes })
 
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("BULWARK_SEED"); v != "" {
@@ -111,30 +107,37 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 		}},
 	} {
 		time.Sleep(resumeSettle) // bookmarks carry the churn's revisions to the reflectors
-		lists := make([]int64, len(watchers))
-		for i, w := range watchers {
-			lists[i] = w.lists.Load()
-		}
+		listsBefore, goneBefore := podwatch.Totals(watchers)
+		churnGoneBefore := events.gone.Load()
 		stopped := time.Now()
 		restart.do()
 		t.Logf("%s restart: stopped and ready again in %v", restart.name, time.Since(stopped).Round(time.Millisecond))
-		waitUntil(t, time.Minute, restart.name+": reflectors watching again", func() bool { return watchingSince(watchers, stopped) == resumeNodes })
-		for i, w := range watchers {
-			if n := w.lists.Load() - lists[i]; n != 0 {
-				t.Errorf("%s: the reflector of %s listed %d times", restart.name, w.node, n)
-			}
+		waitUntil(t, time.Minute, restart.name+": reflectors watching again", func() bool { return podwatch.WatchingSince(watchers, stopped) == resumeNodes })
+		// A reflector that got 410 Gone lists after client-go's backoff.
+		time.Sleep(relistBackoff)
+		lists, gone := podwatch.Totals(watchers)
+		if lists != listsBefore || gone != goneBefore || events.gone.Load() != churnGoneBefore {
+			t.Errorf("%s: the reflectors listed %d times and got 410 Gone %d times, the churn watcher %d times; want none",
+				restart.name, lists-listsBefore, gone-goneBefore, events.gone.Load()-churnGoneBefore)
 		}
-		resumed := metricSum(t, metrics(t, server), "bulwark_watch_history_resumptions_total")
+		m := metrics(t, server)
+		resumed, serverGone := metricSum(t, m, "bulwark_watch_history_resumptions_total"), metricSum(t, m, "bulwark_watch_gone_total")
 		t.Logf("%s restart: %d reflectors resumed, %v watches served from the start history", restart.name, resumeNodes, resumed)
-		if restart.name == "SIGKILL" && resumed == 0 {
-			t.Errorf("%s: no watch was served from the start history", restart.name)
+		if serverGone != 0 {
+			t.Errorf("%s: bulwark_watch_gone_total %v, want 0", restart.name, serverGone)
+		}
+		// After SIGKILL no last bookmark told the watchers where etcd was:
+		// every one of them, and the churn watcher, is behind the new
+		// cache's start and must resume from the history.
+		if restart.name == "SIGKILL" && resumed < resumeNodes+1 {
+			t.Errorf("%s: %v watches served from the start history, want every reflector's and the churn watcher's (%d)", restart.name, resumed, resumeNodes+1)
 		}
 		// The resumed watches deliver: a new pod on a node reaches its reflector.
 		node := len(watchers) - 1
 		name := "after-" + strings.ToLower(restart.name)
-		createPod(t, client, resumeNamespace, name, watchers[node].node)
+		createPod(t, client, resumeNamespace, name, watchers[node].Name)
 		waitUntil(t, 10*time.Second, restart.name+": the new pod reaching its reflector", func() bool {
-			_, ok, _ := watchers[node].store.GetByKey(resumeNamespace + "/" + name)
+			_, ok, _ := watchers[node].Store().GetByKey(resumeNamespace + "/" + name)
 			return ok
 		})
 	}
@@ -192,50 +195,6 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 	figure(t, "restarts under load (graceful and SIGKILL): acknowledged writes", float64(len(acknowledged)), "writes")
 	figure(t, "restarts under load: acknowledged writes lost", float64(lost), "writes")
 	figure(t, "restarts under load: acknowledged writes the watcher missed", float64(missed), "writes")
-}
-
-// nodeWatcher is a kubelet's reflector on the pods of its node, counting
-// its LISTs (and streaming lists) and when its watch last started.
-type nodeWatcher struct {
-	node         string
-	store        cache.Store
-	lists        atomic.Int64
-	watchStarted atomic.Int64 // unix nanos
-}
-
-func (w *nodeWatcher) listWatch(client kubernetes.Interface) *cache.ListWatch {
-	selector := fields.OneTermEqualSelector("spec.nodeName", w.node).String()
-	return &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			w.lists.Add(1)
-			o.FieldSelector = selector
-			return client.CoreV1().Pods("").List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			if o.SendInitialEvents != nil && *o.SendInitialEvents {
-				w.lists.Add(1)
-			}
-			o.FieldSelector = selector
-			o.AllowWatchBookmarks = true
-			timeout := int64(resumeWatchTimeout.Seconds())
-			o.TimeoutSeconds = &timeout
-			wi, err := client.CoreV1().Pods("").Watch(ctx, o)
-			if err == nil {
-				w.watchStarted.Store(time.Now().UnixNano())
-			}
-			return wi, err
-		},
-	}
-}
-
-func watchingSince(watchers []*nodeWatcher, since time.Time) int {
-	n := 0
-	for _, w := range watchers {
-		if w.watchStarted.Load() > since.UnixNano() {
-			n++
-		}
-	}
-	return n
 }
 
 // podVersion is one version of a pod: a write, or the event that shows it.
@@ -345,6 +304,8 @@ func (c *churnWriter) stop() []podVersion {
 type eventLog struct {
 	mu     sync.Mutex
 	events []podVersion
+	// gone counts the 410 Gone the watcher received.
+	gone atomic.Int64
 }
 
 func (l *eventLog) get() []podVersion {
@@ -369,6 +330,9 @@ func watchChurn(ctx context.Context, t *testing.T, client kubernetes.Interface, 
 		for event := range w.ResultChan() {
 			pod, ok := event.Object.(*corev1.Pod)
 			if !ok {
+				if apierrors.IsResourceExpired(apierrors.FromObject(event.Object)) || apierrors.IsGone(apierrors.FromObject(event.Object)) {
+					log.gone.Add(1)
+				}
 				t.Errorf("churn watcher: %s event %v", event.Type, event.Object)
 				return
 			}
@@ -409,7 +373,8 @@ func createPod(t *testing.T, client kubernetes.Interface, namespace, name, node 
 
 var sampleValue = regexp.MustCompile(`\s([0-9.e+-]+)$`)
 
-// metricSum adds the samples of a counter in a /metrics text.
+// metricSum adds the samples of a metric in a /metrics text: every series
+// of a name, or one series named with its labels.
 func metricSum(t *testing.T, text, name string) float64 {
 	t.Helper()
 	var sum float64

@@ -127,7 +127,7 @@ func TestAbandonedRequestStopsWebhookCall(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("webhook call still running 10s after the client went away")
 	}
-	waitUntil(t, 5*time.Second, "abandoned create counted", func() bool {
+	waitUntil(t, 30*time.Second, "abandoned create counted", func() bool {
 		return strings.Contains(metrics(t, s), `bulwark_abandoned_requests_total{resource="configmaps",verb="create"}`)
 	})
 }
@@ -242,7 +242,7 @@ func TestAbandonedListsReleaseTheirWork(t *testing.T) {
 	if heap > baselineHeap+64 {
 		t.Errorf("live heap %.0f MiB after the aborted LISTs, baseline %.0f MiB", heap, baselineHeap)
 	}
-	waitUntil(t, 5*time.Second, "abandoned LISTs counted", func() bool {
+	waitUntil(t, 30*time.Second, "abandoned LISTs counted", func() bool {
 		return strings.Contains(metrics(t, s), `bulwark_abandoned_requests_total{resource="configmaps",verb="list"}`)
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,26 +86,20 @@ func TestScaleOut(t *testing.T) {
 
 	load := startReaders(t, lbConfig, scaleOutClients)
 	defer load.stop()
-	time.Sleep(3 * time.Second)
-	before := servedBy(t, replicas)
-	for i, n := range before {
-		if n == 0 {
-			t.Errorf("replica %d served no reader before the restart: %v", i, before)
-		}
-	}
+	waitUntil(t, 30*time.Second, "every replica serving readers before the restart", func() bool {
+		return !slices.Contains(servedBy(t, replicas), 0)
+	})
 
 	restarted := 1
 	duringStart := load.snapshot()
 	stopped := time.Now()
 	replicas[restarted].Restart(t)
 	t.Logf("replica %d restarted in %v", restarted, time.Since(stopped).Round(time.Millisecond))
-	time.Sleep(2 * time.Second)
-	during := load.since(duringStart)
-	for i, c := range during {
-		if c.ok == 0 {
-			t.Errorf("reader %d was not served while replica %d restarted", i, restarted)
-		}
-	}
+	var during []counted
+	waitUntil(t, 30*time.Second, fmt.Sprintf("every reader served since replica %d restarted", restarted), func() bool {
+		during = load.since(duringStart)
+		return !slices.ContainsFunc(during, func(c counted) bool { return c.ok == 0 })
+	})
 	failed := 0
 	for _, c := range during {
 		failed += c.failed
@@ -117,15 +112,17 @@ func TestScaleOut(t *testing.T) {
 	// New connections reach the restarted replica again.
 	beforeFresh := servedBy(t, replicas)
 	fresh := startReaders(t, lbConfig, scaleOutClients)
-	time.Sleep(3 * time.Second)
-	fresh.stop()
-	after := servedBy(t, replicas)
-	t.Logf("reads served by replica: before %v, after %v", beforeFresh, after)
-	for i := range replicas {
-		if after[i] <= beforeFresh[i] {
-			t.Errorf("replica %d served no new connection after the restart: %v then %v", i, beforeFresh, after)
+	defer fresh.stop()
+	waitUntil(t, 30*time.Second, "every replica, the restarted one too, serving new connections", func() bool {
+		after := servedBy(t, replicas)
+		for i := range replicas {
+			if after[i] <= beforeFresh[i] {
+				return false
+			}
 		}
-	}
+		t.Logf("reads served by replica: before %v, after %v", beforeFresh, after)
+		return true
+	})
 }
 
 // startHAProxy runs HAProxy in TCP mode in front of the replicas, checking

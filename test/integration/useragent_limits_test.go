@@ -128,14 +128,14 @@ func TestUserAgentLimits(t *testing.T) {
 
 	// Unblock at run time.
 	writeFile(t, path, limitsHeader+"- name: block-nobody\n  userAgent: '^nobody$'\n  qps: 0\n")
-	waitUntil(t, 3*time.Second, "flooder unblocked", func() bool {
+	waitUntil(t, 15*time.Second, "flooder unblocked", func() bool {
 		code, _ := call(t, s, "GET", "/api/v1/pods", "flooder/1.0", false)
 		return code == http.StatusOK
 	})
 
 	// A broken file changes nothing and is reported.
 	writeFile(t, path, blockFlooder+"  qsp: 1\n")
-	waitUntil(t, 3*time.Second, "broken config reported", func() bool {
+	waitUntil(t, 15*time.Second, "broken config reported", func() bool {
 		return strings.Contains(metrics(t, s), "bulwark_user_agent_limit_config_last_load_successful 0")
 	})
 	if code, body := call(t, s, "GET", "/api/v1/pods", "flooder/1.0", false); code != http.StatusOK {

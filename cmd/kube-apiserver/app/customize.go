@@ -14,6 +14,7 @@ import (
 	"github.com/bulwark-k8s/bulwark/pkg/bookmark"
 	"github.com/bulwark-k8s/bulwark/pkg/cacher"
 	"github.com/bulwark-k8s/bulwark/pkg/filters"
+	"github.com/bulwark-k8s/bulwark/pkg/storagestack"
 )
 
 // Bulwark's debug endpoints. They are behind upstream's authentication and
@@ -28,8 +29,10 @@ const (
 // additions are Bulwark's parts of a running server.
 type additions struct {
 	talkers *filters.TopTalkers
-	// caches is nil with --cache-not-ready-gate=false.
-	caches *cacher.Readiness
+	// caches records every resource's storage: the resources metrics may
+	// name, and with --cache-not-ready-gate what the gate reads.
+	caches    *cacher.Readiness
+	cacheGate bool
 	// limiter is nil without --user-agent-limits-config.
 	limiter *filters.UserAgentLimiter
 	shedder *filters.OverloadShedder
@@ -42,15 +45,18 @@ type additions struct {
 	bookmarks         *bookmark.Manager
 }
 
-// newAdditions builds them from the options; the limiter follows its file
-// until ctx is done.
+// newAdditions builds them from validated options; the limiter follows its
+// file until ctx is done.
 func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	a := &additions{
 		talkers:           filters.NewTopTalkers(),
+		caches:            cacher.NewReadiness(),
+		cacheGate:         o.CacheNotReadyGate,
 		shedder:           filters.NewOverloadShedder(o.Overload),
 		maxHandshakes:     o.MaxConcurrentTLSHandshakes,
 		maxLargeLists:     o.MaxConcurrentLargeLists,
 		largeListMinBytes: o.LargeListMinBytes.Value(),
+		indexes:           o.indexes,
 	}
 	// First: the limiter's first load and the shedder record metrics.
 	filters.RegisterMetrics(a.talkers)
@@ -60,13 +66,7 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	if a.bookmarks, err = bookmark.NewManager(o.BookmarkConfig()); err != nil {
 		return nil, fmt.Errorf("--watch-bookmark-interval, --watch-cache-start-history-budget: %w", err)
 	}
-	if a.indexes, err = cacher.ParseIndexes(o.WatchCacheLabelIndexes, o.WatchCacheFieldIndexes); err != nil {
-		return nil, fmt.Errorf("--watch-cache-label-indexes, --watch-cache-field-indexes: %w", err)
-	}
 	go a.shedder.Run(ctx)
-	if o.CacheNotReadyGate {
-		a.caches = cacher.NewReadiness()
-	}
 	if o.UserAgentLimitsConfig != "" {
 		if a.limiter, err = filters.NewUserAgentLimiter(o.UserAgentLimitsConfig); err != nil {
 			return nil, err
@@ -84,19 +84,14 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 // server, and the servers it delegates to are called without their own
 // filters.
 func (a *additions) customizeConfig(config *upstream.Config) {
+	stack := storagestack.Stack{Indexes: a.indexes, Bookmarks: a.bookmarks, Caches: a.caches}
 	for _, getter := range []*generic.RESTOptionsGetter{
 		&config.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter,
 		&config.ApiExtensions.GenericConfig.RESTOptionsGetter,
 		&config.ApiExtensions.ExtraConfig.CRDRESTOptionsGetter,
 		&config.Aggregator.GenericConfig.RESTOptionsGetter,
 	} {
-		if len(a.indexes.Labels) > 0 || len(a.indexes.Fields) > 0 {
-			*getter = cacher.WithStorageDecorator(*getter, a.indexes.Decorate)
-		}
-		*getter = cacher.WithStorageDecorator(*getter, a.bookmarks.Decorate)
-		if a.caches != nil {
-			*getter = cacher.WithStorageDecorator(*getter, a.caches.Decorate)
-		}
+		*getter = stack.Decorate(*getter)
 	}
 	gc := config.Aggregator.GenericConfig
 	if a.maxHandshakes > 0 && gc.SecureServing != nil {
@@ -111,8 +106,9 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 			TopTalkers:          a.talkers,
 			Shedder:             a.shedder,
 			Limiter:             a.limiter,
+			Resources:           a.caches,
 		}
-		if a.caches != nil { // a nil *Readiness in the interface would not be nil
+		if a.cacheGate {
 			chain.Caches = a.caches
 		}
 		if a.maxLargeLists > 0 && c.StorageObjectCountTracker != nil {

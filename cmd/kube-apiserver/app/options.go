@@ -1,6 +1,8 @@
 package app
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 	"time"
 
@@ -52,6 +54,10 @@ type Options struct {
 	WatchBookmarkInterval time.Duration
 	// WatchCacheStartHistoryBudget bounds the start history of each watch cache.
 	WatchCacheStartHistoryBudget resource.QuantityValue
+
+	// indexes are WatchCacheLabelIndexes and WatchCacheFieldIndexes as
+	// Validate parsed them.
+	indexes cacher.Indexes
 }
 
 // NewOptions returns the defaults.
@@ -88,6 +94,64 @@ func (o *Options) BookmarkConfig() bookmark.Config {
 		Interval:      o.WatchBookmarkInterval,
 		HistoryBudget: o.WatchCacheStartHistoryBudget.Value(),
 	}
+}
+
+// Validate reports every Bulwark flag whose value cannot work, by the
+// flag's name, before anything starts; it parses the index flags for the
+// server. A negative bound would otherwise silently turn its feature off.
+func (o *Options) Validate() []error {
+	var errs []error
+	notNegative := func(flag string, v int64) {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("--%s: must not be negative, got %d", flag, v))
+		}
+	}
+	notAbove := func(soft, hard string, softValue, hardValue int64) {
+		if softValue > 0 && hardValue > 0 && softValue > hardValue {
+			errs = append(errs, fmt.Errorf("--%s (%d) must not be above --%s (%d)", soft, softValue, hard, hardValue))
+		}
+	}
+
+	e := o.EmbeddedEtcd
+	if err := e.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--embedded-etcd-*: %w", err))
+	}
+	notNegative("embedded-etcd-start-timeout", int64(e.StartTimeout))
+
+	if o.UserAgentLimitsConfig != "" {
+		raw, err := os.ReadFile(o.UserAgentLimitsConfig)
+		if err == nil {
+			_, _, err = filters.ParseUserAgentLimits(raw)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--user-agent-limits-config %s: %w", o.UserAgentLimitsConfig, err))
+		}
+	}
+
+	c := o.Overload
+	notNegative("overload-soft-inflight", c.SoftInflight)
+	notNegative("overload-hard-inflight", c.HardInflight)
+	notNegative("overload-soft-scheduler-latency", int64(c.SoftSchedulerLatency))
+	notNegative("overload-hard-scheduler-latency", int64(c.HardSchedulerLatency))
+	notAbove("overload-soft-inflight", "overload-hard-inflight", c.SoftInflight, c.HardInflight)
+	notAbove("overload-soft-scheduler-latency", "overload-hard-scheduler-latency", int64(c.SoftSchedulerLatency), int64(c.HardSchedulerLatency))
+
+	notNegative("max-concurrent-tls-handshakes", int64(o.MaxConcurrentTLSHandshakes))
+	notNegative("max-concurrent-large-lists", int64(o.MaxConcurrentLargeLists))
+	if v := o.LargeListMinBytes.Value(); v <= 0 {
+		errs = append(errs, fmt.Errorf("--large-list-min-bytes: must be positive (0 would make every LIST large), got %s", o.LargeListMinBytes.String()))
+	}
+
+	var err error
+	if o.indexes, err = cacher.ParseIndexes(o.WatchCacheLabelIndexes, o.WatchCacheFieldIndexes); err != nil {
+		errs = append(errs, fmt.Errorf("--watch-cache-label-indexes, --watch-cache-field-indexes: %w", err))
+	}
+	b := o.BookmarkConfig()
+	if b.Interval != 0 && b.Interval < bookmark.MinInterval {
+		errs = append(errs, fmt.Errorf("--watch-bookmark-interval: want 0 (upstream's) or at least %v, got %v", bookmark.MinInterval, b.Interval))
+	}
+	notNegative("watch-cache-start-history-budget", b.HistoryBudget)
+	return errs
 }
 
 // AddFlags registers the flags on fs.

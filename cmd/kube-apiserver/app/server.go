@@ -1,6 +1,11 @@
 // Package app builds Bulwark's kube-apiserver command: upstream's command and
 // server, configured with upstream's own functions, with Bulwark's flags in a
 // section of their own and its additions hooked in where upstream exposes them.
+//
+// NewAPIServerCommand and Run are copies of upstream's, which offer no hook
+// for either: upstream_test.go fails when upstream's change, so that an
+// upgrade carries the change over. Upstream's package init (the logging
+// feature gates) runs, as this package imports upstream's.
 package app
 
 import (
@@ -11,10 +16,8 @@ import (
 	"github.com/spf13/cobra"
 
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/flagz"
-	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	cliflag "k8s.io/component-base/cli/flag"
@@ -33,10 +36,6 @@ import (
 
 	"github.com/bulwark-k8s/bulwark/pkg/embeddedetcd"
 )
-
-func init() {
-	utilruntime.Must(logsapi.AddFeatureGates(utilfeature.DefaultMutableFeatureGate))
-}
 
 // NewAPIServerCommand is upstream's kube-apiserver command with Bulwark's
 // flags added in their own section and an in-process etcd when no
@@ -72,6 +71,10 @@ the "bulwark" section below.`,
 				return err
 			}
 			cliflag.PrintFlags(cmd.Flags())
+			// Before the embedded etcd starts: a refused flag leaves nothing behind.
+			if errs := bulwark.Validate(); len(errs) != 0 {
+				return utilerrors.NewAggregate(errs)
+			}
 
 			runCtx := ctx
 			if len(s.Etcd.StorageConfig.Transport.ServerList) == 0 {

@@ -20,14 +20,13 @@ import (
 	"k8s.io/apiserver/pkg/storage"
 	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
 	etcd3testing "k8s.io/apiserver/pkg/storage/etcd3/testing"
-	storagetesting "k8s.io/apiserver/pkg/storage/testing"
 )
 
-// newConformanceStorage builds the storage the apiserver builds for a
+// newIndexedStorage builds the storage the apiserver builds for a
 // resource with label indexes — upstream's StorageWithCacher (etcd3 storage,
 // watch cache, cache delegator) over a real etcd, decorated by Indexes —
 // for upstream's example Pods, the type upstream's storage tests use.
-func newConformanceStorage(t *testing.T) (storage.Interface, storagetesting.IncreaseRVFunc) {
+func newIndexedStorage(t *testing.T) storage.Interface {
 	scheme := runtime.NewScheme()
 	metav1.AddToGroupVersion(scheme, metav1.SchemeGroupVersion)
 	utilruntime.Must(example.AddToScheme(scheme))
@@ -62,14 +61,7 @@ func newConformanceStorage(t *testing.T) (storage.Interface, storagetesting.Incr
 	}); err != nil {
 		t.Fatal(err)
 	}
-	increaseRV := func(ctx context.Context, t *testing.T) int64 {
-		resp, err := server.V3Client.KV.Put(ctx, "increaseRV", "ok")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return resp.Header.Revision
-	}
-	return s, increaseRV
+	return s
 }
 
 func examplePodAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
@@ -81,35 +73,4 @@ func examplePodAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
 		"spec.restartPolicy": string(pod.Spec.RestartPolicy),
 		"status.phase":       string(pod.Status.Phase),
 	}, nil
-}
-
-// TestStorageConformance runs upstream's storage.Interface tests for reads
-// on the label-indexed storage: the decorator must keep the contract.
-func TestStorageConformance(t *testing.T) {
-	ctx := context.Background()
-	for name, run := range map[string]func(*testing.T, storage.Interface, storagetesting.IncreaseRVFunc){
-		"ListPaging": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
-			storagetesting.RunTestListPaging(ctx, t, s)
-		},
-		"NamespaceScopedList": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
-			storagetesting.RunTestNamespaceScopedList(ctx, t, s)
-		},
-		"GetListRecursivePrefix": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
-			storagetesting.RunTestGetListRecursivePrefix(ctx, t, s)
-		},
-		"GetListNonRecursive": func(t *testing.T, s storage.Interface, rv storagetesting.IncreaseRVFunc) {
-			storagetesting.RunTestGetListNonRecursive(ctx, t, rv, s)
-		},
-		"ConsistentList": func(t *testing.T, s storage.Interface, rv storagetesting.IncreaseRVFunc) {
-			storagetesting.RunTestConsistentList(ctx, t, s, rv, true, true, true)
-		},
-		"Get": func(t *testing.T, s storage.Interface, _ storagetesting.IncreaseRVFunc) {
-			storagetesting.RunTestGet(ctx, t, s)
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			s, increaseRV := newConformanceStorage(t)
-			run(t, s, increaseRV)
-		})
-	}
 }
