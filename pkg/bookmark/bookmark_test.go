@@ -456,3 +456,80 @@ func TestWatchWaitsForTheStartHistory(t *testing.T) {
 		t.Errorf("once read: to %d, covered %v, %v; want 10, covered", to, covered, err)
 	}
 }
+
+// TestStartHistoryReadInChunks: the history is read in chunks of revisions,
+// newest first: it holds the newest events that fit the budget, every one
+// of them once and in order, from etcd's oldest retained revision on when
+// they all fit.
+func TestStartHistoryReadInChunks(t *testing.T) {
+	e := startEtcd(t)
+	config := e.config.ForResource(schema.GroupResource{Resource: "pods"})
+	probe := newHistory(config, prefix, 1)
+	ctx := context.Background()
+	const writes = 3*historyChunkRevisions + 500
+	var revs []uint64
+	for i := range writes {
+		key := fmt.Sprintf("%sns/pod-%d", probe.etcdPrefix, i%700) // creations, then changes
+		resp, err := e.client.Put(ctx, key, fmt.Sprintf("value-%05d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := e.client.Put(ctx, "/other-resource", "x"); err != nil { // revisions of other keys between
+			t.Fatal(err)
+		}
+		revs = append(revs, uint64(resp.Header.Revision))
+	}
+	compactedAt := revs[400]
+	if _, err := e.client.Compact(ctx, int64(compactedAt)); err != nil {
+		t.Fatal(err)
+	}
+	to := revs[len(revs)-1] + 1
+
+	for _, tc := range []struct {
+		name   string
+		budget int64
+		// first is the index in revs of the oldest event the history keeps;
+		// the history covers watches from wantFrom on.
+		first    int
+		wantFrom uint64
+	}{
+		{"all since the compaction", 1 << 30, 400, compactedAt - 1},
+		{"the newest that fit", newestSize(probe, writes, 2500), writes - 2500, revs[writes-2501]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHistory(config, prefix, tc.budget)
+			if err := h.read(ctx, to); err != nil {
+				t.Fatal(err)
+			}
+			want := revs[tc.first:]
+			if len(h.events) != len(want) {
+				t.Fatalf("%d events, want %d", len(h.events), len(want))
+			}
+			for i, ev := range h.events {
+				if ev.rev != want[i] {
+					t.Fatalf("event %d at revision %d, want %d", i, ev.rev, want[i])
+				}
+				if wantValue := fmt.Sprintf("value-%05d", tc.first+i); string(ev.value) != wantValue {
+					t.Fatalf("event %d: %q, want %q", i, ev.value, wantValue)
+				}
+			}
+			if h.from != tc.wantFrom {
+				t.Errorf("from %d, want %d (compacted at %d)", h.from, tc.wantFrom, compactedAt)
+			}
+			if h.to != to || h.bytes > tc.budget {
+				t.Errorf("to %d, bytes %d; want %d, at most %d", h.to, h.bytes, to, tc.budget)
+			}
+		})
+	}
+}
+
+// newestSize is what the newest n of the writes of
+// TestStartHistoryReadInChunks count against the budget: key, value and
+// previous value (all changes by then).
+func newestSize(h *history, writes, n int) int64 {
+	var size int64
+	for i := writes - n; i < writes; i++ {
+		size += int64(len(fmt.Sprintf("%sns/pod-%d", h.etcdPrefix, i%700)) + 2*len("value-00000"))
+	}
+	return size
+}

@@ -55,7 +55,7 @@ const (
 func TestWatchesResumeAcrossRestarts(t *testing.T) {
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
 	server := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Args: []string{
-		"--watch-bookmark-interval=" + resumeInterval.String(),
+		"--watch-bookmark-interval=" + resumeInterval.String(), gracefulStopArg,
 	}})
 	client := unthrottledClient(t, server)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -105,12 +105,17 @@ func TestLabelIndexesDifferential(t *testing.T) {
 
 	rng := rand.New(rand.NewPCG(seed, 2))
 	const cases = 3000
+	before := metrics(t, ours)
+	consistent := 0
 	start := time.Now()
 	for i := range cases {
 		if i%500 == 0 {
 			t.Logf("case %d after %v", i, time.Since(start).Round(time.Millisecond))
 		}
 		c := randomListCase(rng, w)
+		if c.resourceVersion == "" {
+			consistent++ // the first page; the others are read at its resourceVersion
+		}
 		acknowledged := w.lastRV.Load()
 		got, err := listAllPages(ctx, oursClient, c)
 		if err != nil {
@@ -133,8 +138,27 @@ func TestLabelIndexesDifferential(t *testing.T) {
 	writers.Wait()
 	t.Logf("%d cases, %d writes", cases, w.writes.Load())
 
+	// The consistent LISTs were the watch cache's (upstream's consistent
+	// reads from the cache, waiting for it to be fresh), not etcd's: each
+	// counted once, none falling back to etcd.
+	after := metrics(t, ours)
+	const consistentReads = `apiserver_watch_cache_consistent_read_total{fallback="%s",group="",resource="pods",success="%s"}`
+	delta := func(series string) float64 { return metricSum(t, after, series) - metricSum(t, before, series) }
+	if served := delta(fmt.Sprintf(consistentReads, "false", "true")); served != float64(consistent) {
+		t.Errorf("%d consistent LISTs sent, %v served by the watch cache:\n%s", consistent, served, grepLines(after, "apiserver_watch_cache_consistent_read_total"))
+	}
+	for _, series := range []string{fmt.Sprintf(consistentReads, "true", "true"), fmt.Sprintf(consistentReads, "true", "false"), fmt.Sprintf(consistentReads, "false", "false")} {
+		if n := delta(series); n != 0 {
+			t.Errorf("%s moved by %v: consistent LISTs fell back to etcd or failed", series, n)
+		}
+	}
+	if waited := delta(`apiserver_watch_cache_read_wait_seconds_count{group="",resource="pods"}`); waited == 0 {
+		t.Errorf("no consistent LIST waited for the watch cache to be fresh, while writes raced with them")
+	}
+	t.Logf("%d consistent LISTs, all served by the watch cache", consistent)
+
 	// The indexes were used, so the comparison above tested them.
-	lists := grepLines(metrics(t, ours), "apiserver_storage_list_total{")
+	lists := grepLines(after, "apiserver_storage_list_total{")
 	for _, index := range []string{"l:app", "l:tier"} {
 		if !strings.Contains(lists, fmt.Sprintf(`{group="",index=%q,resource="pods",storage="watchcache"}`, index)) {
 			t.Errorf("no LIST served through index %s:\n%s", index, lists)
