@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"k8s.io/client-go/rest"
+
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 )
 
 // costRequests is how many requests the cost scenarios send; the closing
@@ -30,7 +32,7 @@ func costScenario(cfg func(s *server) *rest.Config, userAgent string) func(conte
 			return nil, err
 		}
 		_, wall, err := parallel(ctx, costRequests, 16, func(i int) (time.Duration, error) {
-			d, _, err := timed(ctx, client, http.MethodGet, s.url+"/api/v1/namespaces/"+nsName(i%p.Namespaces)+"/pods?limit=1", userAgent, "", nil)
+			d, _, err := timed(ctx, client, http.MethodGet, s.url+"/api/v1/namespaces/"+seed.NamespaceName(i%p.Namespaces)+"/pods?limit=1", userAgent, "", nil)
 			if se, ok := err.(*statusError); ok && se.code < len(codes) {
 				codes[se.code].Add(1)
 				return d, nil

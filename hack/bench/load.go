@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 )
 
 // nodeLeasePeriod is how often a kubelet renews its node Lease.
@@ -87,7 +89,7 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 	leases := client.CoordinationV1().Leases("kube-node-lease")
 	current := make([]*coordinationv1.Lease, p.Nodes)
 	if _, _, err := parallel(ctx, p.Nodes, 32, func(i int) (time.Duration, error) {
-		l, err := leases.Get(ctx, nodeName(i), metav1.GetOptions{})
+		l, err := leases.Get(ctx, seed.NodeName(i), metav1.GetOptions{})
 		current[i] = l
 		return 0, err
 	}); err != nil {
@@ -212,11 +214,11 @@ func startGoodClients(ctx context.Context, s *server, p Params) (*goodClients, e
 				var path string
 				switch j := n * 7919 % p.Pods; n % 3 {
 				case 0:
-					path = "/api/v1/namespaces/" + nsName(p.podNamespace(j)) + "/pods/" + podName(j)
+					path = "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + seed.PodName(j)
 				case 1:
-					path = "/api/v1/pods?fieldSelector=spec.nodeName%3D" + nodeName(j%p.Nodes)
+					path = "/api/v1/pods?fieldSelector=spec.nodeName%3D" + seed.NodeName(j%p.Nodes)
 				default:
-					path = "/api/v1/nodes/" + nodeName(j%p.Nodes)
+					path = "/api/v1/nodes/" + seed.NodeName(j%p.Nodes)
 				}
 				d, _, err := timed(ctx, client, http.MethodGet, s.url+path, goodUserAgent, "", nil)
 				if ctx.Err() != nil {
@@ -284,7 +286,7 @@ func stormScenario(ctx context.Context, s *server, p Params) (*measurement, erro
 			defer transport.CloseIdleConnections()
 			client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
 			for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 2*time.Second) {
-				if err := getOK(ctx, client, s.url+"/api/v1/nodes/"+nodeName(i%p.Nodes)); err == nil {
+				if err := getOK(ctx, client, s.url+"/api/v1/nodes/"+seed.NodeName(i%p.Nodes)); err == nil {
 					mu.Lock()
 					served = append(served, time.Since(start))
 					mu.Unlock()

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/bulwark-k8s/bulwark/internal/podwatch"
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 )
 
 // restartStopGrace bounds the graceful stop of the restart scenario.
@@ -46,7 +47,7 @@ func startKubeletWatchers(ctx context.Context, s *server, p Params) (watchers []
 				return nil, nil, err
 			}
 		}
-		watchers[i] = podwatch.ForNode(nodeName(i))
+		watchers[i] = podwatch.ForNode(seed.NodeName(i))
 		running = append(running, watchers[i].Start(ctx, client))
 	}
 	// Synced, not only watching: a streaming list's watch starts before the
@@ -78,7 +79,7 @@ func churn(ctx context.Context, s *server, p Params) []int {
 		}
 		j := i * 7919 % p.Pods // spread over the nodes
 		patch := fmt.Sprintf(`{"metadata":{"annotations":{"bench/churn":"%d"}}}`, i)
-		path := s.url + "/api/v1/namespaces/" + nsName(p.podNamespace(j)) + "/pods/" + podName(j)
+		path := s.url + "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + seed.PodName(j)
 		if _, _, err := timed(ctx, s.http, http.MethodPatch, path, goodUserAgent, "application/merge-patch+json", []byte(patch)); err == nil {
 			changed = append(changed, j)
 		}
@@ -89,7 +90,7 @@ func churn(ctx context.Context, s *server, p Params) []int {
 // sees the same data.
 func unchurn(ctx context.Context, s *server, p Params, changed []int) error {
 	for _, j := range changed {
-		path := s.url + "/api/v1/namespaces/" + nsName(p.podNamespace(j)) + "/pods/" + podName(j)
+		path := s.url + "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + seed.PodName(j)
 		if _, _, err := timed(ctx, s.http, http.MethodPatch, path, goodUserAgent, "application/merge-patch+json", []byte(`{"metadata":{"annotations":{"bench/churn":null}}}`)); err != nil {
 			return err
 		}

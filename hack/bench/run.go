@@ -71,7 +71,7 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 
 	report := newReport(r)
 	logf("seeding %d pods, %d nodes and Leases, %d namespaces into etcd", r.Params.Pods, r.Params.Nodes, r.Params.Namespaces)
-	took, err := seed(ctx, etcd.ClientURL, r.Params.Data)
+	took, err := seedData(ctx, etcd.ClientURL, r.Params.Data)
 	if err != nil {
 		return nil, fmt.Errorf("seed: %w", err)
 	}

@@ -14,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/scheme"
+
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 )
 
 // benchNamespace holds the objects scenarios create; seeded with the data.
@@ -21,7 +23,7 @@ const benchNamespace = "bench"
 
 // Params size the scenarios.
 type Params struct {
-	Data
+	seed.Data
 	ListSamples       int
 	GetSamples        int
 	Writes            int
@@ -72,20 +74,20 @@ func scenarios(p Params) []scenario {
 		}
 		out = append(out,
 			listScenario("list label cluster-wide"+suffix, p.ListSamples, func(i int) string {
-				return "/api/v1/pods?" + q(url.Values{"labelSelector": {"app=" + appName(i*7%p.Apps)}})
+				return "/api/v1/pods?" + q(url.Values{"labelSelector": {"app=" + seed.AppName(i*7%p.Apps)}})
 			}),
 			listScenario("list label namespaced"+suffix, p.ListSamples, func(i int) string {
-				return "/api/v1/namespaces/" + nsName(i%p.Namespaces) + "/pods?" + q(url.Values{"labelSelector": {"app=" + appName(i*7%p.Apps)}})
+				return "/api/v1/namespaces/" + seed.NamespaceName(i%p.Namespaces) + "/pods?" + q(url.Values{"labelSelector": {"app=" + seed.AppName(i*7%p.Apps)}})
 			}),
 			listScenario("list spec.nodeName"+suffix, p.ListSamples, func(i int) string {
-				return "/api/v1/pods?" + q(url.Values{"fieldSelector": {"spec.nodeName=" + nodeName(i*13%p.Nodes)}})
+				return "/api/v1/pods?" + q(url.Values{"fieldSelector": {"spec.nodeName=" + seed.NodeName(i*13%p.Nodes)}})
 			}),
 			pagedListScenario("list namespace limit=500"+suffix, rv, max(p.ListSamples/10, 5), p),
 		)
 	}
 	return append(out,
 		listScenario("list label set cluster-wide rv=\"\"", p.ListSamples, func(i int) string {
-			set := "app in (" + appName(i*7%p.Apps) + "," + appName((i*7+1)%p.Apps) + "," + appName((i*7+2)%p.Apps) + ")"
+			set := "app in (" + seed.AppName(i*7%p.Apps) + "," + seed.AppName((i*7+1)%p.Apps) + "," + seed.AppName((i*7+2)%p.Apps) + ")"
 			return "/api/v1/pods?" + url.Values{"labelSelector": {set}}.Encode()
 		}),
 		scenario{name: "get pod", run: getScenario},
@@ -133,7 +135,7 @@ func pagedListScenario(name, rv string, samples int, p Params) scenario {
 				v.Set("resourceVersion", rv)
 			}
 			for {
-				_, body, err := timed(ctx, s.http, http.MethodGet, s.url+"/api/v1/namespaces/"+nsName(i%p.Namespaces)+"/pods?"+v.Encode(), goodUserAgent, "", nil)
+				_, body, err := timed(ctx, s.http, http.MethodGet, s.url+"/api/v1/namespaces/"+seed.NamespaceName(i%p.Namespaces)+"/pods?"+v.Encode(), goodUserAgent, "", nil)
 				if err != nil {
 					return nil, err
 				}
@@ -156,7 +158,7 @@ func getScenario(ctx context.Context, s *server, p Params) (*measurement, error)
 	var l Latencies
 	for i := range p.GetSamples {
 		j := i * 7919 % p.Pods
-		d, _, err := timed(ctx, s.http, http.MethodGet, s.url+"/api/v1/namespaces/"+nsName(p.podNamespace(j))+"/pods/"+podName(j), goodUserAgent, "", nil)
+		d, _, err := timed(ctx, s.http, http.MethodGet, s.url+"/api/v1/namespaces/"+seed.NamespaceName(p.PodNamespace(j))+"/pods/"+seed.PodName(j), goodUserAgent, "", nil)
 		if err != nil {
 			return nil, err
 		}

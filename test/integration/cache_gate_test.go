@@ -2,18 +2,18 @@ package integration
 
 import (
 	"context"
-	"fmt"
+	"iter"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
 
@@ -47,7 +47,7 @@ func TestCacheNotReadyGate(t *testing.T) {
 		}
 		return false
 	})
-	seedWidgets(t, etcd.ClientURL, gvk, objects)
+	putObjects(t, etcd.ClientURL, seed.CustomObjects(gvk, "widgets", "default", objects, map[string]any{"size": "large", "padding": strings.Repeat("x", 200)}, seed.Now()))
 
 	// The first request creates the resource's storage and its watch cache,
 	// and is itself served (from etcd, by upstream); the ones after it are
@@ -82,56 +82,18 @@ func TestCacheNotReadyGate(t *testing.T) {
 	checkMonitoringQueries(t, m)
 }
 
-// seedWidgets writes custom objects straight into etcd, in the JSON the
-// apiserver stores custom resources in.
-func seedWidgets(t *testing.T, etcdURL string, gvk schema.GroupVersionKind, n int) {
-	t.Helper()
-	now := time.Now().UTC().Format(time.RFC3339)
-	putObjects(t, etcdURL, n, func(i int) (string, string) {
-		return fmt.Sprintf("/registry/%s/widgets/default/w-%d", gvk.Group, i),
-			fmt.Sprintf(`{"apiVersion":%q,"kind":%q,"metadata":{"name":"w-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"spec":{"size":"large","padding":%q}}`,
-				gvk.GroupVersion().String(), gvk.Kind, i, i, now, strings.Repeat("x", 200))
-	})
-}
-
 // putBigConfigMaps writes n ConfigMaps big-<i> in default, each with a
 // payload of size bytes, into etcd.
 func putBigConfigMaps(t *testing.T, etcdURL string, n, size int) {
 	t.Helper()
-	now := time.Now().UTC().Format(time.RFC3339)
-	putObjects(t, etcdURL, n, func(i int) (string, string) {
-		return fmt.Sprintf("/registry/configmaps/default/big-%d", i),
-			fmt.Sprintf(`{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"big-%d","namespace":"default","uid":"00000000-0000-4000-8000-%012d","creationTimestamp":%q},"data":{"payload":%q}}`,
-				i, i, now, strings.Repeat("x", size))
-	})
+	putObjects(t, etcdURL, seed.ConfigMaps("default", "big", n, size, seed.Now()))
 }
 
-// putObjects writes n objects into etcd behind the apiserver's back, far
+// putObjects writes objects into etcd behind the apiserver's back, far
 // faster than creating them through it.
-func putObjects(t *testing.T, etcdURL string, n int, object func(i int) (key, value string)) {
+func putObjects(t *testing.T, etcdURL string, objects iter.Seq[seed.Object]) {
 	t.Helper()
-	client, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 10 * time.Second})
-	if err != nil {
+	if err := seed.Put(context.Background(), etcdURL, objects); err != nil {
 		t.Fatal(err)
-	}
-	defer client.Close()
-	var ops []clientv3.Op
-	size := 0
-	flush := func() {
-		if _, err := client.Txn(context.Background()).Then(ops...).Commit(); err != nil {
-			t.Fatal(err)
-		}
-		ops, size = ops[:0], 0
-	}
-	for i := range n {
-		key, value := object(i)
-		ops = append(ops, clientv3.OpPut(key, value))
-		// etcd's limits: 128 operations and about 1.5 MiB per request.
-		if size += len(key) + len(value); len(ops) == 128 || size > 1<<20 {
-			flush()
-		}
-	}
-	if len(ops) > 0 {
-		flush()
 	}
 }

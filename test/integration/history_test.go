@@ -9,17 +9,17 @@ import (
 	"testing"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sync/errgroup"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/bulwark-k8s/bulwark/internal/podwatch"
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
 
-const historyNamespace = "history"
+// historyNamespace holds the pods of seed.Data{Namespaces: 1}.
+var historyNamespace = seed.NamespaceName(0)
 
 // gracefulStopArg bounds a graceful stop: the server waits for open
 // watches up to its request timeout (60 s by default) before it exits.
@@ -40,7 +40,12 @@ func TestWatchesResumeWhileTheStartHistoryIsRead(t *testing.T) {
 	watchers := sized(20, 100)
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
 	start := time.Now()
-	putPodsOneRevisionEach(t, etcd.ClientURL, pods, watchers)
+	// One revision each, as pods created through the API are: the history
+	// the new process reads.
+	data := seed.Data{Pods: pods, Nodes: 100, Namespaces: 1, Apps: watchers}
+	if err := seed.PutOneRevisionEach(context.Background(), etcd.ClientURL, data.PodObjects(seed.Now())); err != nil {
+		t.Fatal(err)
+	}
 	t.Logf("%d pods written, one revision each, in %v", pods, time.Since(start).Round(time.Millisecond))
 
 	bulwark := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Name: "bulwark", Args: []string{"--watch-bookmark-interval=2s", gracefulStopArg}})
@@ -68,7 +73,7 @@ func TestWatchesResumeWhileTheStartHistoryIsRead(t *testing.T) {
 			client := unthrottledClient(t, server)
 			ws := make([]*podwatch.Watcher, watchers)
 			for i := range ws {
-				ws[i] = &podwatch.Watcher{Name: fmt.Sprintf("watcher-%d", i), LabelSelector: fmt.Sprintf("app=app-%d", i)}
+				ws[i] = &podwatch.Watcher{Name: fmt.Sprintf("watcher-%d", i), LabelSelector: "app=" + seed.AppName(i)}
 				defer func(done <-chan struct{}) { <-done }(ws[i].Start(watchCtx, client))
 			}
 			defer stopWatching()
@@ -126,41 +131,14 @@ func allSynced(ws []*podwatch.Watcher) bool {
 	return true
 }
 
-// putPodsOneRevisionEach writes n pods straight into etcd, one revision
-// each, as pods created through the API are: the etcd history a start
-// history reads after a failover. Pod i carries the label app=app-<i%apps>.
-func putPodsOneRevisionEach(t *testing.T, etcdURL string, n, apps int) {
-	t.Helper()
-	client, err := clientv3.New(clientv3.Config{Endpoints: []string{etcdURL}, DialTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	now := time.Now().UTC().Format(time.RFC3339)
-	g, ctx := errgroup.WithContext(context.Background())
-	g.SetLimit(32)
-	for i := range n {
-		g.Go(func() error {
-			name := fmt.Sprintf("pod-%d", i)
-			_, err := client.Put(ctx, "/registry/pods/"+historyNamespace+"/"+name,
-				fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":"00000000-0000-4000-d000-%012d","creationTimestamp":%q,"labels":{"app":"app-%d"}},"spec":{"nodeName":"node-%d","containers":[{"name":"app","image":"registry.example/app:1.0"}]},"status":{"phase":"Running"}}`,
-					name, historyNamespace, i, now, i%apps, i%100))
-			return err
-		})
-	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // relabelPods changes one pod after another through client, as other
 // replicas serve writes while one restarts, until ctx is done.
 func relabelPods(ctx context.Context, client kubernetes.Interface, pods, apps int) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; ctx.Err() == nil; i++ {
 		j := rng.IntN(pods)
-		patch := fmt.Sprintf(`{"metadata":{"annotations":{"written":"%d"},"labels":{"app":"app-%d"}}}`, i, j%apps)
-		_, _ = client.CoreV1().Pods(historyNamespace).Patch(ctx, fmt.Sprintf("pod-%d", j), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{"written":"%d"},"labels":{"app":%q}}}`, i, seed.AppName(j%apps))
+		_, _ = client.CoreV1().Pods(historyNamespace).Patch(ctx, seed.PodName(j), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 		select {
 		case <-ctx.Done():
 		case <-time.After(50 * time.Millisecond):

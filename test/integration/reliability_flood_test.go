@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/bulwark-k8s/bulwark/internal/pki"
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
 
@@ -192,11 +192,11 @@ func flood(t *testing.T, s *framework.APIServer, token string, pods, nodes int, 
 				var err error
 				switch i := n * 7919 % pods; n % 3 {
 				case 0:
-					_, err = client.CoreV1().Pods(floodNamespace(i)).Get(ctx, podName(i), metav1.GetOptions{})
+					_, err = client.CoreV1().Pods(seed.NamespaceName(floodShape.PodNamespace(i))).Get(ctx, seed.PodName(i), metav1.GetOptions{})
 				case 1:
-					_, err = client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + nodeName(i%nodes)})
+					_, err = client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + seed.NodeName(i%nodes)})
 				default:
-					_, err = client.CoreV1().Nodes().Get(ctx, nodeName(i%nodes), metav1.GetOptions{})
+					_, err = client.CoreV1().Nodes().Get(ctx, seed.NodeName(i%nodes), metav1.GetOptions{})
 				}
 				switch {
 				case err == nil:
@@ -227,7 +227,7 @@ func flood(t *testing.T, s *framework.APIServer, token string, pods, nodes int, 
 				timer.Reset(10 * time.Second)
 				start := time.Now()
 				patch := fmt.Sprintf(`{"spec":{"renewTime":%q}}`, time.Now().UTC().Format("2006-01-02T15:04:05.000000Z"))
-				_, err := kubelet.CoordinationV1().Leases("kube-node-lease").Patch(ctx, nodeName(i), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+				_, err := kubelet.CoordinationV1().Leases("kube-node-lease").Patch(ctx, seed.NodeName(i), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 				switch {
 				case err == nil:
 					r.heartbeats.add(time.Since(start))
@@ -250,32 +250,15 @@ func flood(t *testing.T, s *framework.APIServer, token string, pods, nodes int, 
 	return r
 }
 
-func podName(i int) string        { return fmt.Sprintf("pod-%d", i) }
-func nodeName(i int) string       { return fmt.Sprintf("node-%d", i) }
-func floodNamespace(i int) string { return fmt.Sprintf("ns-%d", i%10) }
+// floodShape spreads the flood's pods over 10 namespaces and 500 apps,
+// each about 1.8 KiB in storage.
+var floodShape = seed.Data{Namespaces: 10, Apps: 500, PodAnnotationBytes: 1000}
 
-// seedPodsAndNodes writes pods (about 1.5 KiB each, over 10 namespaces),
-// nodes and their Leases straight into etcd.
+// seedPodsAndNodes writes pods of floodShape, nodes and their
+// Leases straight into etcd.
 func seedPodsAndNodes(t *testing.T, etcdURL string, pods, nodes int) {
 	t.Helper()
-	now := time.Now().UTC().Format(time.RFC3339)
-	putObjects(t, etcdURL, 10, func(i int) (string, string) {
-		return "/registry/namespaces/" + floodNamespace(i),
-			fmt.Sprintf(`{"apiVersion":"v1","kind":"Namespace","metadata":{"name":%q,"uid":"00000000-0000-4000-9000-%012d","creationTimestamp":%q},"spec":{"finalizers":["kubernetes"]},"status":{"phase":"Active"}}`, floodNamespace(i), i, now)
-	})
-	putObjects(t, etcdURL, nodes, func(i int) (string, string) {
-		return "/registry/minions/" + nodeName(i),
-			fmt.Sprintf(`{"apiVersion":"v1","kind":"Node","metadata":{"name":%q,"uid":"00000000-0000-4000-a000-%012d","creationTimestamp":%q,"labels":{"kubernetes.io/hostname":%q}},"status":{"conditions":[{"type":"Ready","status":"True","reason":"KubeletReady","lastHeartbeatTime":%q,"lastTransitionTime":%q}]}}`,
-				nodeName(i), i, now, nodeName(i), now, now)
-	})
-	putObjects(t, etcdURL, nodes, func(i int) (string, string) {
-		return "/registry/leases/kube-node-lease/" + nodeName(i),
-			fmt.Sprintf(`{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":%q,"namespace":"kube-node-lease","uid":"00000000-0000-4000-b000-%012d","creationTimestamp":%q},"spec":{"holderIdentity":%q,"leaseDurationSeconds":40,"renewTime":"%s.000000Z"}}`,
-				nodeName(i), i, now, nodeName(i), strings.TrimSuffix(now, "Z"))
-	})
-	putObjects(t, etcdURL, pods, func(i int) (string, string) {
-		return fmt.Sprintf("/registry/pods/%s/%s", floodNamespace(i), podName(i)),
-			fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":%q,"namespace":%q,"uid":"00000000-0000-4000-c000-%012d","creationTimestamp":%q,"labels":{"app":"app-%d","tier":"web"},"annotations":{"note":%q}},"spec":{"nodeName":%q,"containers":[{"name":"app","image":"registry.example/app:1.0","resources":{"requests":{"cpu":"100m","memory":"128Mi"}}}]},"status":{"phase":"Running","podIP":"10.0.0.1"}}`,
-				podName(i), floodNamespace(i), i, now, i%500, strings.Repeat("n", 1000), nodeName(i%nodes))
-	})
+	d := floodShape
+	d.Pods, d.Nodes = pods, nodes
+	putObjects(t, etcdURL, d.Objects(seed.Now()))
 }

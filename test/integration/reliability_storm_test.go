@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
 )
 
@@ -101,7 +102,7 @@ func stormWithProbes(t *testing.T, s *framework.APIServer, clients, nodes int) (
 	var probes sync.WaitGroup
 	for range 4 {
 		probe := ownConnectionClient(t, s.Config)
-		if _, err := probe.CoreV1().Nodes().Get(context.Background(), nodeName(0), metav1.GetOptions{}); err != nil {
+		if _, err := probe.CoreV1().Nodes().Get(context.Background(), seed.NodeName(0), metav1.GetOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		probes.Add(1)
@@ -109,7 +110,7 @@ func stormWithProbes(t *testing.T, s *framework.APIServer, clients, nodes int) (
 			defer probes.Done()
 			for {
 				start := time.Now()
-				if _, err := probe.CoreV1().Nodes().Get(context.Background(), nodeName(0), metav1.GetOptions{}); err != nil {
+				if _, err := probe.CoreV1().Nodes().Get(context.Background(), seed.NodeName(0), metav1.GetOptions{}); err != nil {
 					t.Errorf("established client during the storm: %v", err)
 				} else {
 					established.add(time.Since(start))
@@ -150,7 +151,7 @@ func storm(s *framework.APIServer, tlsConfig *tls.Config, n, nodes int) (served 
 			defer transport.CloseIdleConnections()
 			client := &http.Client{Transport: transport, Timeout: 30 * time.Second}
 			for backoff := 100 * time.Millisecond; ; backoff = min(2*backoff, 4*time.Second) {
-				resp, err := client.Get(s.URL + "/api/v1/nodes/" + nodeName(i%nodes))
+				resp, err := client.Get(s.URL + "/api/v1/nodes/" + seed.NodeName(i%nodes))
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
