@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +31,9 @@ const (
 	scaleOutReplicas = 3
 	scaleOutClients  = 12
 	scaleOutPeriod   = 50 * time.Millisecond
+	// haproxyRise is past the time HAProxy takes to put a server that has
+	// become ready back in rotation: two checks 500 ms apart (startHAProxy).
+	haproxyRise = 2 * time.Second
 )
 
 // TestScaleOut runs the topology docs/operator-guide.md describes for more
@@ -109,7 +113,13 @@ func TestScaleOut(t *testing.T) {
 		t.Errorf("%d reads failed during the restart; want at most one per reader", failed)
 	}
 
-	// New connections reach the restarted replica again.
+	// New connections reach the restarted replica again, once HAProxy has
+	// seen it ready: its checks run every 500 ms and want 2 successes.
+	waitUntil(t, 30*time.Second, fmt.Sprintf("replica %d ready", restarted), func() bool {
+		code, _ := call(t, replicas[restarted], "GET", "/readyz", "test", false)
+		return code == http.StatusOK
+	})
+	time.Sleep(haproxyRise)
 	beforeFresh := servedBy(t, replicas)
 	fresh := startReaders(t, lbConfig, scaleOutClients)
 	defer fresh.stop()
