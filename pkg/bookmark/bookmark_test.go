@@ -301,6 +301,15 @@ func TestLastBookmark(t *testing.T) {
 	}
 	defer w.Stop()
 	latest := put(t, s, pod("busy", "p", map[string]string{"a": "b"}))
+	// The watch takes bookmarks on demand once it runs; one that starts at
+	// the very moment of termination is not owed one (it is current).
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return len(m.watches) == 1, nil
+	}); err != nil {
+		t.Fatal("the watch does not take bookmarks on demand")
+	}
 
 	begin := time.Now()
 	go func() {
