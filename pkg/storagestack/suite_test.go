@@ -104,14 +104,12 @@ func getPodAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
 type suiteConfig struct {
 	name     string
 	bookmark bookmark.Config
-	// Label and field indexes, as --watch-cache-label-indexes and
-	// --watch-cache-field-indexes take them.
-	labelIndexes, fieldIndexes []string
 }
 
 // The server's default label indexes (which apply to `pods`, the resource
 // the suite stores), plus a label (`select`, which testWatch lists by) and
-// the fields the tests select by, so that the suite's LISTs go through the
+// the fields the tests select by, as --watch-cache-label-indexes and
+// --watch-cache-field-indexes take them: the suite's LISTs go through the
 // index decorator's paths and not only past it.
 var (
 	suiteLabelIndexes = append(append([]string{}, bulwarkcacher.DefaultLabelIndexes...), "pods:select")
@@ -120,15 +118,11 @@ var (
 
 func suiteConfigs() []suiteConfig {
 	return []suiteConfig{{
-		name:         "interval=10s",
-		bookmark:     bookmark.Config{Interval: bookmark.DefaultInterval, HistoryBudget: bookmark.DefaultHistoryBudget},
-		labelIndexes: suiteLabelIndexes,
-		fieldIndexes: suiteFieldIndexes,
+		name:     "interval=10s",
+		bookmark: bookmark.Config{Interval: bookmark.DefaultInterval, HistoryBudget: bookmark.DefaultHistoryBudget},
 	}, {
-		name:         "interval=1s",
-		bookmark:     bookmark.Config{Interval: time.Second, HistoryBudget: bookmark.DefaultHistoryBudget},
-		labelIndexes: suiteLabelIndexes,
-		fieldIndexes: suiteFieldIndexes,
+		name:     "interval=1s",
+		bookmark: bookmark.Config{Interval: time.Second, HistoryBudget: bookmark.DefaultHistoryBudget},
 	}}
 }
 
@@ -222,7 +216,7 @@ func newSuiteStorage(t *testing.T, sc suiteConfig, opts ...setupOption) *suiteEn
 	// The server's composition.
 	bulwarkcacher.RegisterMetrics()
 	bookmark.RegisterMetrics()
-	indexes, err := bulwarkcacher.ParseIndexes(sc.labelIndexes, sc.fieldIndexes)
+	indexes, err := bulwarkcacher.ParseIndexes(suiteLabelIndexes, suiteFieldIndexes)
 	if err != nil {
 		t.Fatal(err)
 	}
