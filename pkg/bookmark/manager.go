@@ -56,6 +56,10 @@ const MinInterval = time.Second
 // bookmarks: the cache sends them within about two seconds.
 const finalBookmarkTimeout = 5 * time.Second
 
+// progressDuringRound is how often progress is asked of etcd while the
+// last bookmarks are awaited: more often than the cache's bookmark tick.
+const progressDuringRound = 500 * time.Millisecond
+
 // Config configures a Manager.
 type Config struct {
 	// Interval between the bookmarks a watcher that allows them receives.
@@ -90,9 +94,12 @@ type Manager struct {
 	// initial events, with bookmarks allowed.
 	watches map[*resumingWatch]struct{}
 	// round is closed to ask every watch for a bookmark now; roundNum
-	// counts the rounds asked for.
+	// counts the rounds asked for. The last round asked for a bookmark at
+	// roundRV or later, sent before roundEnd.
 	round    chan struct{}
 	roundNum uint64
+	roundRV  uint64
+	roundEnd time.Time
 
 	// terminating is set when the apiserver starts its graceful termination;
 	// the first storage destroyed after it asks for the last bookmarks.
@@ -170,8 +177,11 @@ func (m *Manager) Decorate(decorate generic.StorageDecorator) generic.StorageDec
 }
 
 // bookmarkAll asks every watch for a bookmark now and waits until each
-// has sent it (or finalBookmarkTimeout passed). First, every watch cache
-// asks etcd for progress, so the bookmarks carry the revision etcd is at.
+// has sent it (or finalBookmarkTimeout passed). Each watch opens a segment
+// that the cache sends a bookmark soon; the cache gives a new watch one
+// only with a revision past its last event when the watch started, so
+// progress is asked of etcd while the watches wait: the bookmarks then carry
+// the revision etcd is at (as long as anything at all is written to it).
 func (m *Manager) bookmarkAll() {
 	if m.config.Interval == 0 {
 		return
@@ -182,15 +192,19 @@ func (m *Manager) bookmarkAll() {
 	m.mu.Lock()
 	stores := slices.Collect(maps.Keys(m.stores))
 	m.mu.Unlock()
-	for _, b := range stores {
-		if err := b.RequestWatchProgress(ctx); err != nil {
-			klog.ErrorS(err, "Requesting watch progress for the last bookmarks", "resource", b.resource)
+	var rv uint64
+	if len(stores) > 0 {
+		var err error
+		if rv, err = stores[0].GetCurrentResourceVersion(ctx); err != nil {
+			klog.ErrorS(err, "Reading etcd's revision for the last bookmarks")
 		}
 	}
+	deadline, _ := ctx.Deadline()
 	m.mu.Lock()
 	close(m.round)
 	m.round = make(chan struct{})
 	m.roundNum++
+	m.roundRV, m.roundEnd = rv, deadline
 	round, watches := m.roundNum, len(m.watches)
 	m.mu.Unlock()
 	pending := func() int {
@@ -204,8 +218,20 @@ func (m *Manager) bookmarkAll() {
 		}
 		return n
 	}
+	progress := time.Time{}
 	err := wait.PollUntilContextCancel(ctx, 20*time.Millisecond, true, func(context.Context) (bool, error) {
-		return pending() == 0, nil
+		if pending() == 0 {
+			return true, nil
+		}
+		if time.Since(progress) >= progressDuringRound {
+			progress = time.Now()
+			for _, b := range stores {
+				if err := b.RequestWatchProgress(ctx); err != nil && ctx.Err() == nil {
+					klog.ErrorS(err, "Requesting watch progress for the last bookmarks", "resource", b.resource)
+				}
+			}
+		}
+		return false, nil
 	})
 	klog.InfoS("Sent the last bookmarks", "watches", watches, "unsent", pending(), "duration", time.Since(start), "timedOut", err != nil)
 }
@@ -215,6 +241,16 @@ func (m *Manager) currentRound() (<-chan struct{}, uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.round, m.roundNum + 1
+}
+
+// owed tells whether a watch that has every event up to lastRV still owes
+// the last round of bookmarks one, after a segment that asked for it ended
+// without: on a busy server the cache may register the segment's watch too
+// late to schedule the bookmark before the segment's deadline.
+func (m *Manager) owed(lastRV uint64) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return lastRV < m.roundRV && time.Now().Before(m.roundEnd)
 }
 
 // track adds or removes a watch from those that take bookmarks on demand; a

@@ -19,9 +19,10 @@ import (
 const preDeadlineBookmark = 2 * time.Second
 
 // askedSegment is the life of a segment that carries a bookmark asked for
-// (on termination): the cache schedules it a second from now, the earliest
-// it can.
-const askedSegment = preDeadlineBookmark + time.Second
+// (on termination): the cache schedules it half a second from now, if the
+// segment's watch is registered by then, and sends it on its next
+// once-a-second tick. Two fit in finalBookmarkTimeout.
+const askedSegment = preDeadlineBookmark + 500*time.Millisecond
 
 // resumingWatch is one client's watch, served by a sequence of segments:
 // watch-cache watches, each resumed from the last resourceVersion the
@@ -146,6 +147,11 @@ func (w *resumingWatch) forward(seg *segment) (resume bool) {
 	var roundNum uint64
 	if w.tracked && w.asked == 0 {
 		round, roundNum = w.storage.manager.currentRound()
+		if w.bookmarkedRound.Load() < roundNum-1 {
+			// A round was asked for since the watch was tracked.
+			w.asked = roundNum - 1
+			return true
+		}
 	}
 	for {
 		select {
@@ -162,8 +168,11 @@ func (w *resumingWatch) forward(seg *segment) (resume bool) {
 					return false
 				}
 				// A segment asked for a bookmark sends none when the client
-				// already has the latest resourceVersion.
-				w.served()
+				// already has the latest resourceVersion; otherwise another
+				// segment asks again.
+				if w.asked == 0 || !w.storage.manager.owed(w.lastRV) {
+					w.served()
+				}
 				return true
 			}
 			switch event.Type {
