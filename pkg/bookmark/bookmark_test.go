@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -276,6 +277,88 @@ func TestSegmentsLoseNothing(t *testing.T) {
 	if n := segmentsOf(t); n < 3 {
 		t.Errorf("%v segments in about five intervals", n)
 	}
+}
+
+// TestSlowWatcherResumes: a watcher that reads slower than a burst of
+// writes comes is closed by the watch cache (shown on the cache's own
+// watch, read the same way); served by segments, it receives every write
+// once, in order, and its watch does not end.
+func TestSlowWatcherResumes(t *testing.T) {
+	e := startEtcd(t)
+	s, _ := e.newStorage(t, newManager(t, Config{Interval: 10 * time.Second}))
+	start := put(t, s, pod("ns", "seed", nil))
+	resumedBefore := slowWatchersOf(t, "resumed")
+
+	type result struct {
+		got    []received
+		closed bool
+	}
+	slowReader := func(w watch.Interface, until *atomic.Uint64, done chan<- result) {
+		defer w.Stop()
+		var r result
+		for {
+			select {
+			case event, ok := <-w.ResultChan():
+				if !ok {
+					r.closed = true
+					done <- r
+					return
+				}
+				if event.Type == watch.Bookmark {
+					continue
+				}
+				o, _ := meta.Accessor(event.Object)
+				rv, _ := strconv.ParseUint(o.GetResourceVersion(), 10, 64)
+				r.got = append(r.got, received{Type: event.Type, Name: o.GetName(), RV: rv})
+				if last := until.Load(); last > 0 && rv >= last {
+					done <- r
+					return
+				}
+				time.Sleep(5 * time.Millisecond)
+			case <-time.After(30 * time.Second):
+				done <- r
+				return
+			}
+		}
+	}
+	var until atomic.Uint64
+	ours, cachesOwn := make(chan result, 1), make(chan result, 1)
+	w, err := s.Watch(context.Background(), prefix, watchOpts(start, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go slowReader(w, &until, ours)
+	plain, err := s.(*bookmarkingStorage).Interface.Watch(context.Background(), prefix, watchOpts(start, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go slowReader(plain, &until, cachesOwn)
+
+	var want []received
+	for i := range 400 {
+		want = append(want, received{Type: watch.Modified, Name: "seed", RV: put(t, s, pod("ns", "seed", map[string]string{"i": strconv.Itoa(i)}))})
+	}
+	until.Store(want[len(want)-1].RV)
+
+	if r := <-cachesOwn; !r.closed || len(r.got) >= len(want) {
+		t.Fatalf("the cache's own watch got %d of %d events (closed: %v): the burst does not make the cache close a slow watcher", len(r.got), len(want), r.closed)
+	}
+	r := <-ours
+	if r.closed || !slices.Equal(r.got, want) {
+		t.Errorf("closed: %v; got %d events, want %d once, in order:\n%v", r.closed, len(r.got), len(want), r.got)
+	}
+	if n := slowWatchersOf(t, "resumed") - resumedBefore; n == 0 {
+		t.Error("no resumption counted")
+	}
+}
+
+func slowWatchersOf(t *testing.T, outcome string) float64 {
+	t.Helper()
+	v, err := testutil.GetCounterMetricValue(slowWatchers.WithLabelValues("", "pods", outcome))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
 
 func segmentsOf(t *testing.T) float64 {

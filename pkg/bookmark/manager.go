@@ -148,7 +148,10 @@ func (m *Manager) Decorate(decorate generic.StorageDecorator) generic.StorageDec
 			return s, destroy, err
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		b := &bookmarkingStorage{Interface: s, manager: m, resource: config.GroupResource}
+		b := &bookmarkingStorage{Interface: s, manager: m, resource: config.GroupResource, window: config.EventsHistoryWindow, done: ctx.Done()}
+		if b.window <= 0 {
+			b.window = storagebackend.DefaultEventsHistoryWindow
+		}
 		if m.config.HistoryBudget > 0 {
 			b.history = newHistory(config, resourcePrefix, m.config.HistoryBudget)
 			go b.history.fill(ctx, s)

@@ -20,7 +20,7 @@ var (
 		Namespace:      "bulwark",
 		Subsystem:      "watch",
 		Name:           "segments_total",
-		Help:           "Watch-cache watches started to resume a client's watch after a bookmark (one per watcher and interval).",
+		Help:           "Watch-cache watches started to resume a client's watch: after a bookmark (one per watcher and interval), or after the cache closed a watcher too slow.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource"})
 	historyResumptions = metrics.NewCounterVec(&metrics.CounterOpts{
@@ -44,6 +44,13 @@ var (
 		Help:           "Watches answered 410 Gone (resourceVersion too old): each is a client that relists.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource"})
+	slowWatchers = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch",
+		Name:           "slow_watchers_total",
+		Help:           "Watches that fell behind, by outcome: resumed (the watch cache closed the watcher for being too slow; a new one went on from the last event the client took, unseen by the client), gone (the cache no longer held that resourceVersion: 410, the client relists), ended (the client took no event for the cache's events history window, or the cache closed the resumed watcher before it sent anything: the watch ends, as upstream's).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource", "outcome"})
 	historyEvents = metrics.NewGaugeVec(&metrics.GaugeOpts{
 		Namespace:      "bulwark",
 		Subsystem:      "watch",
@@ -66,7 +73,7 @@ var (
 // which /metrics serves.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(bookmarksSent, segments, historyResumptions, historyNotRead, watchGone, historyEvents, historyBytes)
+		legacyregistry.MustRegister(bookmarksSent, segments, historyResumptions, historyNotRead, watchGone, slowWatchers, historyEvents, historyBytes)
 	})
 }
 
@@ -78,6 +85,9 @@ func registerResource(gr schema.GroupResource) {
 	historyResumptions.WithLabelValues(gr.Group, gr.Resource)
 	historyNotRead.WithLabelValues(gr.Group, gr.Resource)
 	watchGone.WithLabelValues(gr.Group, gr.Resource)
+	for _, outcome := range []string{"resumed", "gone", "ended"} {
+		slowWatchers.WithLabelValues(gr.Group, gr.Resource, outcome)
+	}
 }
 
 func setHistorySize(gr schema.GroupResource, events int, bytes int64) {

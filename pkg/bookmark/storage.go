@@ -19,6 +19,11 @@ type bookmarkingStorage struct {
 	manager  *Manager
 	resource schema.GroupResource
 	history  *history // nil without a history budget
+	// window is how long the watch cache keeps events: a client that takes
+	// no event for that long is not resumed.
+	window time.Duration
+	// done is closed when the storage is destroyed.
+	done <-chan struct{}
 	// watches counts the watches being served; progress is requested only
 	// for a resource someone watches.
 	watches atomic.Int64
@@ -69,6 +74,22 @@ func (s *bookmarkingStorage) Watch(ctx context.Context, key string, opts storage
 		w.run(seg, replay)
 	}()
 	return w, nil
+}
+
+// stopped tells whether the storage was destroyed: its watch cache is
+// stopped or about to be.
+func (s *bookmarkingStorage) stopped() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// slowWatcher counts a watch that fell behind, by what became of it.
+func (s *bookmarkingStorage) slowWatcher(outcome string) {
+	slowWatchers.WithLabelValues(s.resource.Group, s.resource.Resource, outcome).Inc()
 }
 
 // segmented tells whether a watch is served as a sequence of segments: it

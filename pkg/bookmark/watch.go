@@ -48,6 +48,11 @@ type resumingWatch struct {
 	// tracked tells whether the manager counts the watch among those that
 	// take bookmarks on demand.
 	tracked bool
+	// delivered tells whether the client took an event of the current segment.
+	delivered bool
+	// resumedAfterClose is set while the current segment resumes one the
+	// cache closed, until it tells whether the cache still held lastRV.
+	resumedAfterClose bool
 }
 
 func newResumingWatch(ctx context.Context, s *bookmarkingStorage, key string, opts storage.ListOptions) *resumingWatch {
@@ -85,6 +90,7 @@ func (w *resumingWatch) open() (*segment, error) {
 		opts.SendInitialEvents = nil
 	}
 	seg := &segment{}
+	w.delivered = false
 	switch {
 	case w.asked > 0:
 		seg.ctx, seg.cancel = context.WithTimeout(w.ctx, askedSegment)
@@ -114,8 +120,8 @@ func (s *segment) Stop() {
 }
 
 // run forwards the replayed history and then every segment's events until
-// the client stops or the cache closes a segment for a reason of its own
-// (its termination, a watcher too slow).
+// the client stops, the client's watch cannot go on (see forward), or the
+// cache is stopped.
 func (w *resumingWatch) run(seg *segment, replay []watch.Event) {
 	defer close(w.result)
 	defer w.track(false)
@@ -162,18 +168,11 @@ func (w *resumingWatch) forward(seg *segment) (resume bool) {
 			return true
 		case event, ok := <-seg.ResultChan():
 			if !ok {
-				// Ended by its deadline: the next segment resumes. Closed by
-				// the cache: the client's watch ends as upstream's would.
-				if !errors.Is(seg.ctx.Err(), context.DeadlineExceeded) || w.ctx.Err() != nil || !w.resumable() {
-					return false
-				}
-				// A segment asked for a bookmark sends none when the client
-				// already has the latest resourceVersion; otherwise another
-				// segment asks again.
-				if w.asked == 0 || !w.storage.manager.owed(w.lastRV) {
-					w.served()
-				}
-				return true
+				return w.closed(seg)
+			}
+			if w.resumedAfterClose && event.Type != watch.Error {
+				w.resumedAfterClose = false
+				w.storage.slowWatcher("resumed")
 			}
 			switch event.Type {
 			case watch.Error:
@@ -181,6 +180,9 @@ func (w *resumingWatch) forward(seg *segment) (resume bool) {
 					watchGone.WithLabelValues(w.storage.resource.Group, w.storage.resource.Resource).Inc()
 					if w.storage.history != nil {
 						w.storage.history.cacheMovedOn(w.lastRV)
+					}
+					if w.resumedAfterClose {
+						w.storage.slowWatcher("gone")
 					}
 				}
 				w.send(event)
@@ -212,6 +214,39 @@ func (w *resumingWatch) forward(seg *segment) (resume bool) {
 	}
 }
 
+// closed tells whether the watch goes on after the cache closed a segment.
+//
+// Ended by its deadline, the next segment resumes. Closed before its end,
+// the cache either stopped (the apiserver terminates), or closed the
+// watcher for being too slow: its buffer stayed full while the client read
+// less than the events came. Upstream's watch ends there and the client
+// watches again, or relists on 410; this one resumes from the last event
+// the client took, at once, as long as the cache holds it (or answers 410).
+// A segment the client took nothing of is not resumed: a cache that closes
+// every new watch at once would otherwise be asked again and again.
+func (w *resumingWatch) closed(seg *segment) bool {
+	if w.ctx.Err() != nil || !w.resumable() || w.storage.stopped() {
+		return false
+	}
+	if errors.Is(seg.ctx.Err(), context.DeadlineExceeded) {
+		// A segment asked for a bookmark sends none when the client
+		// already has the latest resourceVersion; otherwise another
+		// segment asks again.
+		if w.asked == 0 || !w.storage.manager.owed(w.lastRV) {
+			w.served()
+		}
+		return true
+	}
+	if !w.delivered {
+		if w.resumedAfterClose {
+			w.storage.slowWatcher("ended")
+		}
+		return false
+	}
+	w.resumedAfterClose = true
+	return true
+}
+
 // served records that the round of bookmarks asked for was served.
 func (w *resumingWatch) served() {
 	if w.asked > 0 {
@@ -220,11 +255,29 @@ func (w *resumingWatch) served() {
 	}
 }
 
+// send hands an event to the client. A client that takes none for as long
+// as the cache keeps events (its events history window, 75 s by default)
+// could only be resumed with 410 Gone: its watch ends there, as the cache
+// ended its watcher, and holds nothing meanwhile but this one event.
 func (w *resumingWatch) send(event watch.Event) bool {
 	select {
 	case w.result <- event:
+		w.delivered = true
 		return true
 	case <-w.ctx.Done():
+		return false
+	default:
+	}
+	stalled := time.NewTimer(w.storage.window)
+	defer stalled.Stop()
+	select {
+	case w.result <- event:
+		w.delivered = true
+		return true
+	case <-w.ctx.Done():
+		return false
+	case <-stalled.C:
+		w.storage.slowWatcher("ended")
 		return false
 	}
 }
