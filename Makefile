@@ -128,5 +128,5 @@ bench: binaries ## Side-by-side benchmark against upstream, quick (50,000 pods, 
 
 .PHONY: bench-full
 bench-full: binaries ## The scale run: 200,000 pods, 10,000 nodes and watchers.
-	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" -pods=200000 -nodes=10000 -restart-watchers=10000 -watchers=1000 \
+	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" -pods=200000 -nodes=10000 -restart-watchers=10000 -slow-watchers=10000 -watchers=1000 \
 	  -list-samples=200 -heartbeat-duration=60s -flood-duration=60s -storm-clients=10000 $(BENCH_ARGS)

@@ -55,6 +55,8 @@ func main() {
 	flag.IntVar(&p.GoodClients, "good-clients", 4, "well-behaved clients during the flood (10 req/s each)")
 	flag.IntVar(&p.StormClients, "storm-clients", 3000, "clients of the reconnect storm, each on a new TLS connection")
 	flag.IntVar(&p.RestartWatchers, "restart-watchers", 1000, "kubelet-style watchers of the restart scenario (at most one per node)")
+	flag.IntVar(&p.SlowWatchers, "slow-watchers", 1000, "watchers of the slow-watchers scenario, a tenth of them slow (at most one per node)")
+	flag.IntVar(&p.SlowBurst, "slow-burst", 5000, "pod updates of the slow-watchers scenario's burst, paced over 10 s")
 	flag.Parse()
 	// Thousands of reflectors log every retry; the table is the output.
 	klog.SetLogger(logr.Discard())

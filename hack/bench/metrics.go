@@ -36,9 +36,8 @@ func (l Latencies) Quantile(q float64) time.Duration {
 // the label sets a filter selected.
 type histogram map[float64]float64
 
-// scrapeRequestDurations reads apiserver_request_duration_seconds from
-// /metrics, keyed by "VERB resource".
-func scrapeRequestDurations(ctx context.Context, cfg *rest.Config) (map[string]histogram, error) {
+// scrapeMetrics reads the metric families of the server's /metrics.
+func scrapeMetrics(ctx context.Context, cfg *rest.Config) (map[string]*dto.MetricFamily, error) {
 	client, err := rest.HTTPClientFor(cfg)
 	if err != nil {
 		return nil, err
@@ -49,7 +48,33 @@ func scrapeRequestDurations(ctx context.Context, cfg *rest.Config) (map[string]h
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(resp.Body)
+	return parser.TextToMetricFamilies(resp.Body)
+}
+
+// scrapeCounter returns the sum of a counter's series whose labels include
+// match; 0 when the server has none.
+func scrapeCounter(ctx context.Context, cfg *rest.Config, name string, match map[string]string) (float64, error) {
+	families, err := scrapeMetrics(ctx, cfg)
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, m := range families[name].GetMetric() {
+		matches := true
+		for k, v := range match {
+			matches = matches && label(m, k) == v
+		}
+		if matches {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum, nil
+}
+
+// scrapeRequestDurations reads apiserver_request_duration_seconds from
+// /metrics, keyed by "VERB resource".
+func scrapeRequestDurations(ctx context.Context, cfg *rest.Config) (map[string]histogram, error) {
+	families, err := scrapeMetrics(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}

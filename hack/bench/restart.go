@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/bulwark-k8s/bulwark/internal/podwatch"
 	"github.com/bulwark-k8s/bulwark/internal/seed"
@@ -25,41 +23,15 @@ const restartStopGrace = 10 * time.Minute
 const relistBackoff = 3 * time.Second
 
 // startKubeletWatchers starts a kubelet-style reflector per node (at most
-// p.RestartWatchers), each group of 100 on its own connection, and waits
-// until all have synced and watch. stop stops them and waits for them.
+// p.RestartWatchers) and waits until all have synced and watch. stop stops
+// them and waits for them.
 func startKubeletWatchers(ctx context.Context, s *server, p Params) (watchers []*podwatch.Watcher, stop func(), err error) {
-	n := min(p.RestartWatchers, p.Nodes)
-	watchers = make([]*podwatch.Watcher, n)
-	ctx, cancel := context.WithCancel(ctx)
-	var running []<-chan struct{}
-	stop = func() {
-		cancel()
-		for _, done := range running {
-			<-done
-		}
-	}
-	const watchersPerConnection = 100
-	var client kubernetes.Interface
-	for i := range n {
-		if i%watchersPerConnection == 0 {
-			if client, err = kubernetes.NewForConfig(ownConnection(s.cfg, "kubelet/v1.37.2 (linux/amd64) bench")); err != nil {
-				stop()
-				return nil, nil, err
-			}
-		}
+	watchers = make([]*podwatch.Watcher, min(p.RestartWatchers, p.Nodes))
+	for i := range watchers {
 		watchers[i] = podwatch.ForNode(seed.NodeName(i))
-		running = append(running, watchers[i].Start(ctx, client))
 	}
-	// Synced, not only watching: a streaming list's watch starts before the
-	// server has sent its initial events.
-	synced := func() bool {
-		return !slices.ContainsFunc(watchers, func(w *podwatch.Watcher) bool { return !w.Synced() })
-	}
-	if err := poll(ctx, 5*time.Minute, synced); err != nil {
-		stop()
-		return nil, nil, fmt.Errorf("initial sync of %d watchers: %w", n, err)
-	}
-	return watchers, stop, nil
+	stop, err = startWatchers(ctx, s, watchers, "kubelet/v1.37.2 (linux/amd64) bench")
+	return watchers, stop, err
 }
 
 // churnPeriod paces the pod changes during the restart and idle-watchers

@@ -36,6 +36,8 @@ type Params struct {
 	GoodClients       int
 	RestartWatchers   int
 	StormClients      int
+	SlowWatchers      int
+	SlowBurst         int
 }
 
 // measurement is what one scenario measured on one server.
@@ -106,6 +108,7 @@ func scenarios(p Params) []scenario {
 		scenario{name: "cost: failed authentication", run: costScenario(withBadToken, goodUserAgent)},
 		scenario{name: "idle watchers", run: idleWatchersScenario},
 		scenario{name: "restart", run: restartScenario},
+		scenario{name: "slow watchers", run: slowWatchersScenario},
 	)
 }
 

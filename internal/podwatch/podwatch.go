@@ -23,15 +23,20 @@ import (
 type Watcher struct {
 	// Name names the reflector in client-go's logs.
 	Name string
-	// FieldSelector and LabelSelector select the pods, cluster-wide.
-	FieldSelector, LabelSelector string
+	// FieldSelector and LabelSelector select the pods of Namespace (all
+	// namespaces when empty).
+	FieldSelector, LabelSelector, Namespace string
 	// WatchTimeout, if set, is the timeoutSeconds of each watch.
 	WatchTimeout time.Duration
+	// PerEvent, if set, is how long the handler takes for each watch event:
+	// a client that reads its watch slowly.
+	PerEvent time.Duration
 
 	store        cache.Store
 	reflector    *cache.Reflector
 	lists        atomic.Int64
 	gone         atomic.Int64
+	watches      atomic.Int64
 	watchStarted atomic.Int64 // unix nanos
 }
 
@@ -44,7 +49,11 @@ func ForNode(node string) *Watcher {
 // when it has returned.
 func (w *Watcher) Start(ctx context.Context, client kubernetes.Interface) (done <-chan struct{}) {
 	w.store = cache.NewStore(cache.MetaNamespaceKeyFunc)
-	w.reflector = cache.NewReflectorWithOptions(w.listWatch(client), &corev1.Pod{}, w.store, cache.ReflectorOptions{Name: w.Name})
+	var store cache.Store = w.store
+	if w.PerEvent > 0 {
+		store = slowHandler{w.store, w.PerEvent}
+	}
+	w.reflector = cache.NewReflectorWithOptions(w.listWatch(client), &corev1.Pod{}, store, cache.ReflectorOptions{Name: w.Name})
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
@@ -61,7 +70,7 @@ func (w *Watcher) listWatch(client kubernetes.Interface) *cache.ListWatch {
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			w.lists.Add(1)
-			return client.CoreV1().Pods("").List(ctx, selected(o))
+			return client.CoreV1().Pods(w.Namespace).List(ctx, selected(o))
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			// A streaming list (sendInitialEvents) is a relist too.
@@ -74,10 +83,11 @@ func (w *Watcher) listWatch(client kubernetes.Interface) *cache.ListWatch {
 				seconds := int64(w.WatchTimeout.Seconds())
 				o.TimeoutSeconds = &seconds
 			}
-			wi, err := client.CoreV1().Pods("").Watch(ctx, o)
+			wi, err := client.CoreV1().Pods(w.Namespace).Watch(ctx, o)
 			if err != nil {
 				return nil, err
 			}
+			w.watches.Add(1)
 			w.watchStarted.Store(time.Now().UnixNano())
 			// 410 Gone comes as an error event in a watch that started.
 			return watch.Filter(wi, func(e watch.Event) (watch.Event, bool) {
@@ -89,6 +99,32 @@ func (w *Watcher) listWatch(client kubernetes.Interface) *cache.ListWatch {
 		},
 	}
 }
+
+// slowHandler is a store whose handling of each watch event takes a while,
+// as an informer's with a slow event handler: the reflector reads its watch
+// no faster than that.
+type slowHandler struct {
+	cache.Store
+	perEvent time.Duration
+}
+
+func (s slowHandler) Add(obj any) error {
+	time.Sleep(s.perEvent)
+	return s.Store.Add(obj)
+}
+
+func (s slowHandler) Update(obj any) error {
+	time.Sleep(s.perEvent)
+	return s.Store.Update(obj)
+}
+
+func (s slowHandler) Delete(obj any) error {
+	time.Sleep(s.perEvent)
+	return s.Store.Delete(obj)
+}
+
+// Watches counts the watches the reflector started.
+func (w *Watcher) Watches() int64 { return w.watches.Load() }
 
 // Store holds the pods the reflector has.
 func (w *Watcher) Store() cache.Store { return w.store }

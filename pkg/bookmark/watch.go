@@ -53,6 +53,12 @@ type resumingWatch struct {
 	// resumedAfterClose is set while the current segment resumes one the
 	// cache closed, until it tells whether the cache still held lastRV.
 	resumedAfterClose bool
+	// emptyCloses counts the segments in a row the cache closed before the
+	// client took anything of them.
+	emptyCloses int
+	// pause is how long the watch waits before it resumes a segment the
+	// cache closed soon after it opened (0: at once).
+	pause time.Duration
 }
 
 func newResumingWatch(ctx context.Context, s *bookmarkingStorage, key string, opts storage.ListOptions) *resumingWatch {
@@ -89,7 +95,7 @@ func (w *resumingWatch) open() (*segment, error) {
 		opts.ResourceVersionMatch = ""
 		opts.SendInitialEvents = nil
 	}
-	seg := &segment{}
+	seg := &segment{opened: time.Now()}
 	w.delivered = false
 	switch {
 	case w.asked > 0:
@@ -112,6 +118,7 @@ type segment struct {
 	watch.Interface
 	ctx    context.Context
 	cancel context.CancelFunc
+	opened time.Time
 }
 
 func (s *segment) Stop() {
@@ -221,9 +228,14 @@ func (w *resumingWatch) forward(seg *segment) (resume bool) {
 // watcher for being too slow: its buffer stayed full while the client read
 // less than the events came. Upstream's watch ends there and the client
 // watches again, or relists on 410; this one resumes from the last event
-// the client took, at once, as long as the cache holds it (or answers 410).
-// A segment the client took nothing of is not resumed: a cache that closes
-// every new watch at once would otherwise be asked again and again.
+// the client took, as long as the cache holds it (or answers 410).
+//
+// A segment the cache closed soon after it opened met a client that still
+// has a connection full of events to take: the next one waits, longer each
+// time (up to maxPause), so that it is not closed at once again; each close
+// also costs the cache's dispatcher its patience with every watcher. Three
+// segments in a row the client took nothing of end the watch: a cache that
+// closes every new watch at once would otherwise be asked again and again.
 func (w *resumingWatch) closed(seg *segment) bool {
 	if w.ctx.Err() != nil || !w.resumable() || w.storage.stopped() {
 		return false
@@ -237,15 +249,40 @@ func (w *resumingWatch) closed(seg *segment) bool {
 		}
 		return true
 	}
-	if !w.delivered {
+	if w.delivered {
+		w.emptyCloses = 0
+	} else if w.emptyCloses++; w.emptyCloses == maxEmptyCloses {
 		if w.resumedAfterClose {
 			w.storage.slowWatcher("ended")
 		}
 		return false
 	}
 	w.resumedAfterClose = true
-	return true
+	if time.Since(seg.opened) < quickClose {
+		w.pause = min(max(2*w.pause, minPause), maxPause)
+	} else {
+		w.pause = 0
+	}
+	if w.pause == 0 {
+		return true
+	}
+	pause := time.NewTimer(w.pause)
+	defer pause.Stop()
+	select {
+	case <-pause.C:
+		return true
+	case <-w.ctx.Done():
+		return false
+	}
 }
+
+// Resuming segments the cache closed: see closed.
+const (
+	quickClose     = time.Second
+	minPause       = 100 * time.Millisecond
+	maxPause       = 5 * time.Second
+	maxEmptyCloses = 3
+)
 
 // served records that the round of bookmarks asked for was served.
 func (w *resumingWatch) served() {
