@@ -7,9 +7,18 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"strings"
 	"time"
 
+	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+
+	"github.com/bulwark-k8s/bulwark/internal/nodeagent"
 )
 
 const (
@@ -82,4 +91,50 @@ func timed(ctx context.Context, client *http.Client, method, url, userAgent, con
 		return elapsed, data, &statusError{code: resp.StatusCode, body: string(data)}
 	}
 	return elapsed, data, nil
+}
+
+// flooderConfig returns a config of a node agent's service account (which
+// may list pods), without the admin's certificate.
+func flooderConfig(ctx context.Context, admin *rest.Config) (*rest.Config, error) {
+	client, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		return nil, err
+	}
+	token, err := nodeagent.Token(ctx, client)
+	if err != nil {
+		return nil, err
+	}
+	c := rest.AnonymousClientConfig(admin)
+	c.BearerToken = token
+	return c, nil
+}
+
+// applyTuning creates the API Priority and Fairness objects of a YAML file.
+func applyTuning(ctx context.Context, admin *rest.Config, file string) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		return err
+	}
+	for _, doc := range strings.Split(string(data), "\n---\n") {
+		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode([]byte(doc), nil, nil)
+		if err != nil {
+			return err
+		}
+		switch o := obj.(type) {
+		case *flowcontrolv1.PriorityLevelConfiguration:
+			_, err = client.FlowcontrolV1().PriorityLevelConfigurations().Create(ctx, o, metav1.CreateOptions{})
+		case *flowcontrolv1.FlowSchema:
+			_, err = client.FlowcontrolV1().FlowSchemas().Create(ctx, o, metav1.CreateOptions{})
+		default:
+			err = fmt.Errorf("%T: want FlowSchemas and PriorityLevelConfigurations", obj)
+		}
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+	}
+	return nil
 }

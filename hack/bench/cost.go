@@ -60,9 +60,9 @@ func costScenario(cfg func(s *server) *rest.Config, userAgent string) func(conte
 	}
 }
 
-// asFlooder authenticates as admin but sends the flooder's User-Agent: ours
-// turns it away before authentication when the flooder is throttled.
-func asFlooder(s *server) *rest.Config { return ownConnection(s.cfg, floodUserAgent) }
+// asFlooder is the flooder: a node agent's service account with the
+// flooder's User-Agent, which ours throttles.
+func asFlooder(s *server) *rest.Config { return ownConnection(s.flooder, floodUserAgent) }
 
 // withBadToken has no client certificate and a token no authenticator
 // accepts: every request runs authentication and fails it.

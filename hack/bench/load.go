@@ -32,7 +32,7 @@ type flood struct {
 
 func startFlood(ctx context.Context, s *server, workers int) (*flood, error) {
 	f := &flood{}
-	client, err := httpClient(s.cfg, floodUserAgent)
+	client, err := rest.HTTPClientFor(ownConnection(s.flooder, floodUserAgent))
 	if err != nil {
 		return nil, err
 	}

@@ -38,6 +38,7 @@ func main() {
 		only     = flag.String("scenarios", "", "regular expression: run only the scenarios whose name matches")
 		plot     = flag.Bool("plot", true, "draw latency distributions to PNG")
 		extraArg = flag.String("ours-args", "", "extra flags for our server, space-separated")
+		tuning   = flag.String("upstream-tuning", "hack/bench/apf-confine-node-agent.yaml", "API Priority and Fairness objects an operator applies to upstream against the flooder; its scenarios run a third time, on upstream tuned with them (empty: not)")
 	)
 	flag.IntVar(&p.Pods, "pods", 50000, "pods to seed")
 	flag.IntVar(&p.Nodes, "nodes", 1000, "nodes (and node Leases) to seed")
@@ -73,6 +74,7 @@ func main() {
 		Out:      *out,
 		Filter:   filter,
 		OursArgs: splitArgs(*extraArg),
+		Tuning:   *tuning,
 	}
 	if run.Order, err = order(*first, filepath.Join(*out, "last-first")); err != nil {
 		fail(err)

@@ -32,6 +32,10 @@ type Row struct {
 	Ours     *float64 `json:"ours"`
 	// Ratio is ours / upstream.
 	Ratio *float64 `json:"ratio"`
+	// Tuned is upstream tuned as an operator would for the incident the
+	// scenario plays (tunedScenarios), and TunedRatio ours / Tuned.
+	Tuned      *float64 `json:"upstreamTuned,omitempty"`
+	TunedRatio *float64 `json:"ratioTuned,omitempty"`
 }
 
 // Machine describes where the run happened.
@@ -51,6 +55,7 @@ type Report struct {
 	Params      Params            `json:"params"`
 	Order       []string          `json:"order"`
 	OursArgs    []string          `json:"oursArgs,omitempty"`
+	Tuning      string            `json:"tuning,omitempty"`
 	Versions    map[string]string `json:"versions"`
 	SeedSeconds float64           `json:"seedSeconds"`
 	Rows        []*Row            `json:"rows"`
@@ -67,6 +72,7 @@ func newReport(r *Run) *Report {
 		Params:   r.Params,
 		Order:    r.Order,
 		OursArgs: r.OursArgs,
+		Tuning:   r.Tuning,
 		Versions: map[string]string{},
 		samples:  map[[2]string]map[string]Latencies{},
 	}
@@ -89,16 +95,33 @@ func (rep *Report) add(scenario, metric, unit, server string, v float64) {
 	if !math.IsNaN(v) && !math.IsInf(v, 0) {
 		val = &v
 	}
-	if server == "ours" {
+	switch server {
+	case "ours":
 		r.Ours = val
-	} else {
+	case tunedUpstream:
+		r.Tuned = val
+	default:
 		r.Upstream = val
 	}
-	r.Ratio = nil
-	if r.Ours != nil && r.Upstream != nil && *r.Upstream != 0 {
-		ratio := *r.Ours / *r.Upstream
-		r.Ratio = &ratio
+	r.Ratio, r.TunedRatio = ratio(r.Ours, r.Upstream), ratio(r.Ours, r.Tuned)
+}
+
+func ratio(a, b *float64) *float64 {
+	if a == nil || b == nil || *b == 0 {
+		return nil
 	}
+	r := *a / *b
+	return &r
+}
+
+// tuned tells whether any row has a tuned upstream's figure.
+func (rep *Report) tuned() bool {
+	for _, r := range rep.Rows {
+		if r.Tuned != nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (rep *Report) addLatencies(scenario, metric, server string, l Latencies) {
@@ -135,9 +158,18 @@ func formatRatio(v *float64) string {
 // Print writes the table for a terminal.
 func (rep *Report) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "scenario\tmetric\tunit\tupstream\tours\tours/upstream\t")
+	tuned := rep.tuned()
+	fmt.Fprint(tw, "scenario\tmetric\tunit\tupstream\tours\tours/upstream\t")
+	if tuned {
+		fmt.Fprint(tw, "upstream tuned\tours/tuned\t")
+	}
+	fmt.Fprintln(tw)
 	for _, r := range rep.Rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t", r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio))
+		if tuned {
+			fmt.Fprintf(tw, "%s\t%s\t", format(r.Tuned), formatRatio(r.TunedRatio))
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 }
@@ -154,6 +186,14 @@ func (rep *Report) Markdown() string {
 	p := rep.Params
 	fmt.Fprintf(&b, ".\n\nData: %d pods, %d nodes and Leases, %d namespaces, %d app label values (seeded into etcd in %.1fs).\n\n",
 		p.Pods, p.Nodes, p.Namespaces, p.Apps, rep.SeedSeconds)
+	if rep.tuned() {
+		fmt.Fprintf(&b, "Upstream tuned: upstream's binary with `%s` applied (rows of %s only).\n\n", rep.Tuning, tunedScenarios)
+		b.WriteString("| scenario | metric | unit | upstream | ours | ours/upstream | upstream tuned | ours/tuned |\n|---|---|---|---:|---:|---:|---:|---:|\n")
+		for _, r := range rep.Rows {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio), format(r.Tuned), formatRatio(r.TunedRatio))
+		}
+		return b.String()
+	}
 	b.WriteString("| scenario | metric | unit | upstream | ours | ours/upstream |\n|---|---|---|---:|---:|---:|\n")
 	for _, r := range rep.Rows {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio))
@@ -203,7 +243,7 @@ func (rep *Report) plot(dir string) error {
 		p.Y.Label.Text = "fraction of requests"
 		p.Legend.Top = false
 		var lines []any
-		for _, name := range []string{"upstream", "ours"} {
+		for _, name := range []string{"upstream", "ours", tunedUpstream} {
 			l := rep.samples[k][name]
 			if len(l) == 0 {
 				continue

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -26,7 +27,17 @@ type Run struct {
 	Filter   *regexp.Regexp
 	Order    []string
 	OursArgs []string
+	// Tuning is a file of API Priority and Fairness objects: when set, the
+	// tunedScenarios are measured a third time, on upstream with them.
+	Tuning string
 }
+
+// tunedUpstream names upstream's binary with Run.Tuning applied.
+const tunedUpstream = "upstream-tuned"
+
+// tunedScenarios are those with a misbehaving client, which an operator
+// without Bulwark answers with a FlowSchema.
+var tunedScenarios = regexp.MustCompile(`^(flood|heartbeats under LIST flood|cost: flooder LISTs)$`)
 
 // server is the apiserver being measured.
 type server struct {
@@ -36,10 +47,13 @@ type server struct {
 	cfg     *rest.Config
 	http    *http.Client
 	etcdURL string
+	// flooder is the misbehaving client's config: a node agent's service
+	// account, not an admin (whom upstream's APF exempts).
+	flooder *rest.Config
 }
 
 func (r *Run) binary(name string) string {
-	return filepath.Join(r.BinDir, map[string]string{"upstream": "kube-apiserver-upstream", "ours": "kube-apiserver"}[name])
+	return filepath.Join(r.BinDir, map[string]string{"upstream": "kube-apiserver-upstream", tunedUpstream: "kube-apiserver-upstream", "ours": "kube-apiserver"}[name])
 }
 
 // Execute seeds the data and measures every scenario on both servers.
@@ -78,12 +92,21 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	report.SeedSeconds = took.Seconds()
 	logf("seeded in %.1fs", took.Seconds())
 
-	for _, name := range r.Order {
+	servers := r.Order
+	if r.Tuning != "" && slices.ContainsFunc(scenarios(r.Params), func(sc scenario) bool { return r.runs(tunedUpstream, sc.name) }) {
+		servers = append(servers, tunedUpstream)
+	}
+	for _, name := range servers {
 		if err := r.measure(ctx, name, bundle, etcd, dir, report); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	return report, nil
+}
+
+// runs tells whether a server measures a scenario.
+func (r *Run) runs(server, scenario string) bool {
+	return r.Filter.MatchString(scenario) && (server != tunedUpstream || tunedScenarios.MatchString(scenario))
 }
 
 func (r *Run) measure(ctx context.Context, name string, bundle *pki.Bundle, etcd *localcluster.Etcd, dir string, report *Report) error {
@@ -116,11 +139,19 @@ func (r *Run) measure(ctx context.Context, name string, bundle *pki.Bundle, etcd
 	if err := warmUp(ctx, s); err != nil {
 		return err
 	}
+	if s.flooder, err = flooderConfig(ctx, s.cfg); err != nil {
+		return err
+	}
+	if name == tunedUpstream {
+		if err := applyTuning(ctx, s.cfg, r.Tuning); err != nil {
+			return fmt.Errorf("%s: %w", r.Tuning, err)
+		}
+	}
 	report.add("startup", "ready with caches filled", "s", name, time.Since(started).Seconds())
 	report.add("startup", "RSS after start", "MiB", name, orNaN(rssMiB(proc.Pid())))
 
 	for _, sc := range scenarios(r.Params) {
-		if !r.Filter.MatchString(sc.name) {
+		if !r.runs(name, sc.name) {
 			continue
 		}
 		logf("%s: %s", name, sc.name)

@@ -11,13 +11,11 @@ import (
 	"testing"
 	"time"
 
-	authenticationv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 
+	"github.com/bulwark-k8s/bulwark/internal/nodeagent"
 	"github.com/bulwark-k8s/bulwark/internal/pki"
 	"github.com/bulwark-k8s/bulwark/internal/seed"
 	"github.com/bulwark-k8s/bulwark/test/integration/framework"
@@ -98,33 +96,15 @@ func TestFlood(t *testing.T) {
 	}
 }
 
-// daemonSetToken creates a service account allowed to list pods, as a
-// DaemonSet's is, and returns a token for it.
+// daemonSetToken returns a token of a node agent's service account, which
+// may list pods and is not exempt from upstream's API Priority and Fairness.
 func daemonSetToken(t *testing.T, s *framework.APIServer) string {
 	t.Helper()
-	ctx := context.Background()
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "node-agent", Namespace: "kube-system"}}
-	if _, err := s.Client.CoreV1().ServiceAccounts(sa.Namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "node-agent"},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "node-agent"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "node-agent"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa.Name, Namespace: sa.Namespace}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	token, err := s.Client.CoreV1().ServiceAccounts(sa.Namespace).CreateToken(ctx, sa.Name, &authenticationv1.TokenRequest{}, metav1.CreateOptions{})
+	token, err := nodeagent.Token(context.Background(), s.Client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return token.Status.Token
+	return token
 }
 
 type floodResult struct {
