@@ -59,6 +59,9 @@ type resumingWatch struct {
 	// pause is how long the watch waits before it resumes a segment the
 	// cache closed soon after it opened (0: at once).
 	pause time.Duration
+	// stalled fires when the client has taken no event for the cache's
+	// events history window (see send).
+	stalled *time.Timer
 }
 
 func newResumingWatch(ctx context.Context, s *bookmarkingStorage, key string, opts storage.ListOptions) *resumingWatch {
@@ -297,23 +300,21 @@ func (w *resumingWatch) served() {
 // could only be resumed with 410 Gone: its watch ends there, as the cache
 // ended its watcher, and holds nothing meanwhile but this one event.
 func (w *resumingWatch) send(event watch.Event) bool {
-	select {
-	case w.result <- event:
-		w.delivered = true
-		return true
-	case <-w.ctx.Done():
-		return false
-	default:
+	// One timer per watch, reset for each event (Go 1.23 timers: no stale
+	// expiry is left in its channel).
+	if w.stalled == nil {
+		w.stalled = time.NewTimer(w.storage.window)
+	} else {
+		w.stalled.Reset(w.storage.window)
 	}
-	stalled := time.NewTimer(w.storage.window)
-	defer stalled.Stop()
+	defer w.stalled.Stop()
 	select {
 	case w.result <- event:
 		w.delivered = true
 		return true
 	case <-w.ctx.Done():
 		return false
-	case <-stalled.C:
+	case <-w.stalled.C:
 		w.storage.slowWatcher("ended")
 		return false
 	}
