@@ -27,8 +27,9 @@ const (
 	burstPods = 100
 	// burstDuration is the time the burst is paced over.
 	burstDuration = 10 * time.Second
-	// slowPerEvent is the slow watchers' handling time per event: a tenth
-	// of the burst's rate, so that they fall far behind it.
+	// slowPerEvent is the slow watchers' handling time per event: they take
+	// a hundred events a second, a fifth of the burst's pace, and fall far
+	// behind it.
 	slowPerEvent = 10 * time.Millisecond
 	// burstLabel marks the burst pods; the slow watchers select it.
 	burstLabel = "bench-burst"
