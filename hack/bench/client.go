@@ -8,12 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -109,8 +111,66 @@ func flooderConfig(ctx context.Context, admin *rest.Config) (*rest.Config, error
 	return c, nil
 }
 
-// applyTuning creates the API Priority and Fairness objects of a YAML file.
+// applyTuning creates the API Priority and Fairness objects in file and
+// waits until the server acts on them: it marks a FlowSchema's Dangling
+// condition once it has taken the schema and its priority level in.
 func applyTuning(ctx context.Context, admin *rest.Config, file string) error {
+	var schemas []string
+	err := eachTuningObject(admin, file, func(client kubernetes.Interface, obj runtime.Object) error {
+		var err error
+		switch o := obj.(type) {
+		case *flowcontrolv1.PriorityLevelConfiguration:
+			_, err = client.FlowcontrolV1().PriorityLevelConfigurations().Create(ctx, o, metav1.CreateOptions{})
+		case *flowcontrolv1.FlowSchema:
+			_, err = client.FlowcontrolV1().FlowSchemas().Create(ctx, o, metav1.CreateOptions{})
+			schemas = append(schemas, o.Name)
+		}
+		if apierrors.IsAlreadyExists(err) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	client, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		return err
+	}
+	for _, name := range schemas {
+		err := poll(ctx, time.Minute, func() bool {
+			fs, err := client.FlowcontrolV1().FlowSchemas().Get(ctx, name, metav1.GetOptions{})
+			return err == nil && slices.ContainsFunc(fs.Status.Conditions, func(c flowcontrolv1.FlowSchemaCondition) bool {
+				return c.Type == flowcontrolv1.FlowSchemaConditionDangling && c.Status == flowcontrolv1.ConditionFalse
+			})
+		})
+		if err != nil {
+			return fmt.Errorf("FlowSchema %s taken in: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// removeTuning deletes the objects applyTuning created.
+func removeTuning(ctx context.Context, admin *rest.Config, file string) error {
+	return eachTuningObject(admin, file, func(client kubernetes.Interface, obj runtime.Object) error {
+		var err error
+		switch o := obj.(type) {
+		case *flowcontrolv1.PriorityLevelConfiguration:
+			err = client.FlowcontrolV1().PriorityLevelConfigurations().Delete(ctx, o.Name, metav1.DeleteOptions{})
+		case *flowcontrolv1.FlowSchema:
+			err = client.FlowcontrolV1().FlowSchemas().Delete(ctx, o.Name, metav1.DeleteOptions{})
+		}
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		return err
+	})
+}
+
+// eachTuningObject calls do with each object of file, which holds
+// FlowSchemas and PriorityLevelConfigurations only.
+func eachTuningObject(admin *rest.Config, file string, do func(kubernetes.Interface, runtime.Object) error) error {
 	data, err := os.ReadFile(file)
 	if err != nil {
 		return err
@@ -124,15 +184,12 @@ func applyTuning(ctx context.Context, admin *rest.Config, file string) error {
 		if err != nil {
 			return err
 		}
-		switch o := obj.(type) {
-		case *flowcontrolv1.PriorityLevelConfiguration:
-			_, err = client.FlowcontrolV1().PriorityLevelConfigurations().Create(ctx, o, metav1.CreateOptions{})
-		case *flowcontrolv1.FlowSchema:
-			_, err = client.FlowcontrolV1().FlowSchemas().Create(ctx, o, metav1.CreateOptions{})
+		switch obj.(type) {
+		case *flowcontrolv1.PriorityLevelConfiguration, *flowcontrolv1.FlowSchema:
 		default:
-			err = fmt.Errorf("%T: want FlowSchemas and PriorityLevelConfigurations", obj)
+			return fmt.Errorf("%T: want FlowSchemas and PriorityLevelConfigurations", obj)
 		}
-		if err != nil && !apierrors.IsAlreadyExists(err) {
+		if err := do(client, obj); err != nil {
 			return err
 		}
 	}

@@ -12,11 +12,7 @@ import (
 	"github.com/bulwark-k8s/bulwark/internal/seed"
 )
 
-// costRequests is how many requests the cost scenarios send; the closing
-// numbers are apiserver CPU seconds per this many.
-const costRequests = 10000
-
-// costScenario sends costRequests small LISTs with 16 workers and reports
+// costScenario sends p.CostRequests small LISTs with 16 workers and reports
 // the apiserver's CPU seconds for them and how they were answered. It
 // compares what a request costs when it is turned away at different depths
 // of the handler chain.
@@ -31,7 +27,7 @@ func costScenario(cfg func(s *server) *rest.Config, userAgent string) func(conte
 		if err != nil {
 			return nil, err
 		}
-		_, wall, err := parallel(ctx, costRequests, 16, func(i int) (time.Duration, error) {
+		_, wall, err := parallel(ctx, p.CostRequests, 16, func(i int) (time.Duration, error) {
 			d, _, err := timed(ctx, client, http.MethodGet, s.url+"/api/v1/namespaces/"+seed.NamespaceName(i%p.Namespaces)+"/pods?limit=1", userAgent, "", nil)
 			if se, ok := err.(*statusError); ok && se.code < len(codes) {
 				codes[se.code].Add(1)
@@ -50,8 +46,8 @@ func costScenario(cfg func(s *server) *rest.Config, userAgent string) func(conte
 			return nil, err
 		}
 		m := &measurement{values: []namedValue{
-			{fmt.Sprintf("apiserver CPU per %d requests", costRequests), "s", after - before},
-			{"requests per second", "req/s", costRequests / wall.Seconds()},
+			{"apiserver CPU per 1,000 requests", "s", (after - before) * 1000 / float64(p.CostRequests)},
+			{"requests per second", "req/s", float64(p.CostRequests) / wall.Seconds()},
 		}}
 		for _, code := range []int{http.StatusOK, http.StatusUnauthorized, http.StatusTooManyRequests} {
 			m.values = append(m.values, namedValue{fmt.Sprintf("answered %d", code), "count", float64(codes[code].Load())})

@@ -4,14 +4,16 @@
 //
 // It seeds one etcd (pods across namespaces, nodes and label values, plus
 // nodes and their Leases), then starts each apiserver in turn on that etcd
-// and runs every scenario against it; the order of the two servers
-// alternates from run to run. It prints a table (scenario, metric, upstream,
-// ours, ours/upstream) and writes it as JSON and Markdown, with the machine,
-// the commit and the parameters, under the output directory; with -plot it
-// also draws latency distributions to PNG.
+// and runs every scenario against it, several times (-runs), each run in
+// the reverse order of the one before. It prints a table (scenario, metric,
+// upstream, ours, ours/upstream: medians over the runs, each ratio taken
+// within a run, with its min–max) and writes it as JSON (every run's
+// figures) and Markdown, with the machine, the commit and the parameters,
+// under the output directory; with -plot it also draws latency
+// distributions to PNG.
 //
-//	make bench        # quick: 50,000 pods, a few minutes
-//	make bench-full   # scale: 200,000 pods, 10,000 nodes
+//	make bench        # quick: 50,000 pods, three runs, under 15 minutes
+//	make bench-full   # scale: 200,000 pods, 10,000 nodes, one run
 package main
 
 import (
@@ -34,7 +36,8 @@ func main() {
 		p        Params
 		binDir   = flag.String("bin-dir", "_output/bin", "directory with kube-apiserver, kube-apiserver-upstream and etcd")
 		out      = flag.String("out", "_output/bench", "directory for results")
-		first    = flag.String("first", "auto", "server measured first: upstream, ours, or auto (alternates between runs)")
+		first    = flag.String("first", "auto", "server measured first in the first run: upstream, ours, or auto (alternates between invocations)")
+		runs     = flag.Int("runs", 3, "runs on the same data, each in the reverse order of the one before; figures are their medians")
 		only     = flag.String("scenarios", "", "regular expression: run only the scenarios whose name matches")
 		plot     = flag.Bool("plot", true, "draw latency distributions to PNG")
 		extraArg = flag.String("ours-args", "", "extra flags for our server, space-separated")
@@ -44,24 +47,28 @@ func main() {
 	flag.IntVar(&p.Nodes, "nodes", 1000, "nodes (and node Leases) to seed")
 	flag.IntVar(&p.Namespaces, "namespaces", 10, "namespaces the pods spread over")
 	flag.IntVar(&p.Apps, "apps", 500, "distinct values of the app label")
-	flag.IntVar(&p.ListSamples, "list-samples", 100, "requests per LIST scenario (paged LISTs: a tenth)")
-	flag.IntVar(&p.GetSamples, "get-samples", 500, "requests of the GET scenario")
-	flag.IntVar(&p.Writes, "writes", 2000, "pods created, then updated")
+	flag.IntVar(&p.ListSamples, "list-samples", 40, "requests per LIST scenario (paged LISTs: a tenth)")
+	flag.IntVar(&p.GetSamples, "get-samples", 1000, "requests of the GET scenario")
+	flag.IntVar(&p.Writes, "writes", 1000, "pods created, then updated")
 	flag.IntVar(&p.WriteConcurrency, "write-concurrency", 32, "concurrent writers")
 	flag.IntVar(&p.Watchers, "watchers", 200, "watchers of the fan-out scenario")
-	flag.IntVar(&p.FanoutUpdates, "fanout-updates", 20, "updates sent to the fan-out watchers")
-	flag.DurationVar(&p.HeartbeatDuration, "heartbeat-duration", 20*time.Second, "duration of each heartbeat scenario")
-	flag.DurationVar(&p.FloodDuration, "flood-duration", 20*time.Second, "duration of the flood scenario")
+	flag.IntVar(&p.FanoutUpdates, "fanout-updates", 15, "updates sent to the fan-out watchers")
+	flag.DurationVar(&p.HeartbeatDuration, "heartbeat-duration", 5*time.Second, "duration of each heartbeat scenario")
+	flag.DurationVar(&p.FloodDuration, "flood-duration", 5*time.Second, "duration of the flood scenario")
 	flag.IntVar(&p.FloodConcurrency, "flood-concurrency", 8, "concurrent LISTs of the flooding client")
 	flag.IntVar(&p.GoodClients, "good-clients", 4, "well-behaved clients during the flood (10 req/s each)")
-	flag.IntVar(&p.StormClients, "storm-clients", 3000, "clients of the reconnect storm, each on a new TLS connection")
-	flag.IntVar(&p.RestartWatchers, "restart-watchers", 1000, "kubelet-style watchers of the restart scenario (at most one per node)")
-	flag.IntVar(&p.SlowWatchers, "slow-watchers", 1000, "watchers of the slow-watchers scenario, a tenth of them slow (at most one per node)")
-	flag.IntVar(&p.SlowBurst, "slow-burst", 5000, "pod updates of the slow-watchers scenario's burst, paced over 10 s")
+	flag.IntVar(&p.CostRequests, "cost-requests", 1500, "requests of each cost scenario")
+	flag.IntVar(&p.StormClients, "storm-clients", 1500, "clients of the reconnect storm, each on a new TLS connection")
+	flag.IntVar(&p.RestartWatchers, "restart-watchers", 200, "kubelet-style watchers of the restart scenario (at most one per node)")
+	flag.IntVar(&p.SlowWatchers, "slow-watchers", 300, "watchers of the slow-watchers scenario, a tenth of them slow (at most one per node)")
+	flag.IntVar(&p.SlowBurst, "slow-burst", 1500, "pod updates of the slow-watchers scenario's burst, 500 a second")
 	flag.Parse()
 	// Thousands of reflectors log every retry; the table is the output.
 	klog.SetLogger(logr.Discard())
 
+	if *runs < 1 {
+		fail(fmt.Errorf("-runs must be at least 1"))
+	}
 	filter, err := regexp.Compile(*only)
 	if err != nil {
 		fail(fmt.Errorf("-scenarios: %w", err))
@@ -73,6 +80,7 @@ func main() {
 		BinDir:   *binDir,
 		Out:      *out,
 		Filter:   filter,
+		Runs:     *runs,
 		OursArgs: splitArgs(*extraArg),
 		Tuning:   *tuning,
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -22,20 +23,33 @@ import (
 	"gonum.org/v1/plot/vg"
 )
 
-// Row is one line of the table; a value is nil where a server did not
-// measure it.
+// Row is one line of the table.
 type Row struct {
-	Scenario string   `json:"scenario"`
-	Metric   string   `json:"metric"`
-	Unit     string   `json:"unit"`
+	Scenario string `json:"scenario"`
+	Metric   string `json:"metric"`
+	Unit     string `json:"unit"`
+	// Runs holds each server's figure per run, in run order; null where
+	// it was not measured.
+	Runs map[string][]*float64 `json:"runs"`
+	// Upstream, Ours and Tuned are the medians of the runs. Tuned is
+	// upstream tuned as an operator would for the incident the scenario
+	// plays (tunedScenarios).
 	Upstream *float64 `json:"upstream"`
 	Ours     *float64 `json:"ours"`
-	// Ratio is ours / upstream.
-	Ratio *float64 `json:"ratio"`
-	// Tuned is upstream tuned as an operator would for the incident the
-	// scenario plays (tunedScenarios), and TunedRatio ours / Tuned.
-	Tuned      *float64 `json:"upstreamTuned,omitempty"`
-	TunedRatio *float64 `json:"ratioTuned,omitempty"`
+	Tuned    *float64 `json:"upstreamTuned,omitempty"`
+	// Ratio is ours/upstream and TunedRatio ours/tuned, taken within each
+	// run (both servers on the same data, one after the other): the
+	// median over the runs and the spread.
+	Ratio      *Spread `json:"ratio"`
+	TunedRatio *Spread `json:"ratioTuned,omitempty"`
+}
+
+// Spread is the median of a figure over the runs, with its minimum and
+// maximum.
+type Spread struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
 }
 
 // Machine describes where the run happened.
@@ -47,19 +61,22 @@ type Machine struct {
 	Go        string `json:"go"`
 }
 
-// Report is the result of a run.
+// Report is the result of a benchmark: several runs on one data set.
 type Report struct {
-	Time        string            `json:"time"`
-	Commit      string            `json:"commit"`
-	Machine     Machine           `json:"machine"`
-	Params      Params            `json:"params"`
-	Order       []string          `json:"order"`
+	Time    string  `json:"time"`
+	Commit  string  `json:"commit"`
+	Machine Machine `json:"machine"`
+	Params  Params  `json:"params"`
+	// Orders is the order the servers were measured in, per run.
+	Orders      [][]string        `json:"orders"`
 	OursArgs    []string          `json:"oursArgs,omitempty"`
 	Tuning      string            `json:"tuning,omitempty"`
 	Versions    map[string]string `json:"versions"`
 	SeedSeconds float64           `json:"seedSeconds"`
+	Seconds     float64           `json:"seconds"`
 	Rows        []*Row            `json:"rows"`
 
+	runs    int
 	samples map[[2]string]map[string]Latencies
 }
 
@@ -70,10 +87,10 @@ func newReport(r *Run) *Report {
 		Commit:   strings.TrimSpace(string(commit)),
 		Machine:  machine(),
 		Params:   r.Params,
-		Order:    r.Order,
 		OursArgs: r.OursArgs,
 		Tuning:   r.Tuning,
 		Versions: map[string]string{},
+		runs:     r.Runs,
 		samples:  map[[2]string]map[string]Latencies{},
 	}
 }
@@ -84,34 +101,69 @@ func (rep *Report) row(scenario, metric, unit string) *Row {
 			return r
 		}
 	}
-	r := &Row{Scenario: scenario, Metric: metric, Unit: unit}
+	r := &Row{Scenario: scenario, Metric: metric, Unit: unit, Runs: map[string][]*float64{}}
 	rep.Rows = append(rep.Rows, r)
 	return r
 }
 
-func (rep *Report) add(scenario, metric, unit, server string, v float64) {
+// add records a server's figure in a run; NaN or infinity is a figure
+// that could not be taken.
+func (rep *Report) add(run int, scenario, metric, unit, server string, v float64) {
 	r := rep.row(scenario, metric, unit)
-	var val *float64
+	if r.Runs[server] == nil {
+		r.Runs[server] = make([]*float64, rep.runs)
+	}
 	if !math.IsNaN(v) && !math.IsInf(v, 0) {
-		val = &v
+		r.Runs[server][run] = &v
 	}
-	switch server {
-	case "ours":
-		r.Ours = val
-	case tunedUpstream:
-		r.Tuned = val
-	default:
-		r.Upstream = val
-	}
-	r.Ratio, r.TunedRatio = ratio(r.Ours, r.Upstream), ratio(r.Ours, r.Tuned)
 }
 
-func ratio(a, b *float64) *float64 {
-	if a == nil || b == nil || *b == 0 {
+// summarize computes the medians and the ratios' spreads from the runs.
+func (rep *Report) summarize() {
+	for _, r := range rep.Rows {
+		r.Upstream, r.Ours, r.Tuned = median(r.Runs["upstream"]), median(r.Runs["ours"]), median(r.Runs[tunedUpstream])
+		r.Ratio, r.TunedRatio = ratios(r.Runs["ours"], r.Runs["upstream"]), ratios(r.Runs["ours"], r.Runs[tunedUpstream])
+	}
+}
+
+// median is the median of the figures taken, nil if none was.
+func median(vs []*float64) *float64 {
+	var taken []float64
+	for _, v := range vs {
+		if v != nil {
+			taken = append(taken, *v)
+		}
+	}
+	if len(taken) == 0 {
 		return nil
 	}
-	r := *a / *b
-	return &r
+	m := spread(taken).Median
+	return &m
+}
+
+// ratios is the spread of a/b over the runs in which both were measured.
+func ratios(a, b []*float64) *Spread {
+	var rs []float64
+	for i := range min(len(a), len(b)) {
+		if a[i] != nil && b[i] != nil && *b[i] != 0 {
+			rs = append(rs, *a[i] / *b[i])
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	s := spread(rs)
+	return &s
+}
+
+func spread(vs []float64) Spread {
+	vs = slices.Sorted(slices.Values(vs))
+	n := len(vs)
+	m := vs[n/2]
+	if n%2 == 0 {
+		m = (vs[n/2-1] + vs[n/2]) / 2
+	}
+	return Spread{Median: m, Min: vs[0], Max: vs[n-1]}
 }
 
 // tuned tells whether any row has a tuned upstream's figure.
@@ -124,14 +176,14 @@ func (rep *Report) tuned() bool {
 	return false
 }
 
-func (rep *Report) addLatencies(scenario, metric, server string, l Latencies) {
+func (rep *Report) addLatencies(run int, scenario, metric, server string, l Latencies) {
 	key := [2]string{scenario, metric}
 	if rep.samples[key] == nil {
 		rep.samples[key] = map[string]Latencies{}
 	}
-	rep.samples[key][server] = l
+	rep.samples[key][server] = append(rep.samples[key][server], l...)
 	for _, q := range []float64{0.5, 0.9, 0.99} {
-		rep.add(scenario, fmt.Sprintf("%s p%g", metric, q*100), "ms", server, float64(l.Quantile(q))/float64(time.Millisecond))
+		rep.add(run, scenario, fmt.Sprintf("%s p%g", metric, q*100), "ms", server, float64(l.Quantile(q))/float64(time.Millisecond))
 	}
 }
 
@@ -148,28 +200,47 @@ func format(v *float64) string {
 	}
 }
 
-func formatRatio(v *float64) string {
-	if v == nil {
+// formatRatio prints a ratio's median, and its range when there was more
+// than one run.
+func formatRatio(s *Spread) string {
+	switch {
+	case s == nil:
 		return "-"
+	case s.Min == s.Max:
+		return fmt.Sprintf("%.2f", s.Median)
+	default:
+		return fmt.Sprintf("%.2f (%.2f–%.2f)", s.Median, s.Min, s.Max)
 	}
-	return fmt.Sprintf("%.2f", *v)
+}
+
+// columns are the table's headings and a row's cells: medians, and
+// ratios with their spread.
+func (rep *Report) columns() ([]string, func(*Row) []string) {
+	median := ""
+	if rep.runs > 1 {
+		median = fmt.Sprintf(" (median of %d)", rep.runs)
+	}
+	heads := []string{"scenario", "metric", "unit", "upstream" + median, "ours" + median, "ours/upstream"}
+	tuned := rep.tuned()
+	if tuned {
+		heads = append(heads, "upstream tuned"+median, "ours/tuned")
+	}
+	return heads, func(r *Row) []string {
+		cells := []string{r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio)}
+		if tuned {
+			cells = append(cells, format(r.Tuned), formatRatio(r.TunedRatio))
+		}
+		return cells
+	}
 }
 
 // Print writes the table for a terminal.
 func (rep *Report) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	tuned := rep.tuned()
-	fmt.Fprint(tw, "scenario\tmetric\tunit\tupstream\tours\tours/upstream\t")
-	if tuned {
-		fmt.Fprint(tw, "upstream tuned\tours/tuned\t")
-	}
-	fmt.Fprintln(tw)
+	heads, cells := rep.columns()
+	fmt.Fprintln(tw, strings.Join(heads, "\t"))
 	for _, r := range rep.Rows {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t", r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio))
-		if tuned {
-			fmt.Fprintf(tw, "%s\t%s\t", format(r.Tuned), formatRatio(r.TunedRatio))
-		}
-		fmt.Fprintln(tw)
+		fmt.Fprintln(tw, strings.Join(cells(r), "\t"))
 	}
 	tw.Flush()
 }
@@ -177,7 +248,11 @@ func (rep *Report) Print(w io.Writer) {
 // Markdown renders the report for docs/benchmarks.md.
 func (rep *Report) Markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "Run %s, commit %s, order %s.\n\n", rep.Time, rep.Commit, strings.Join(rep.Order, " then "))
+	orders := make([]string, len(rep.Orders))
+	for i, o := range rep.Orders {
+		orders[i] = strings.Join(o, ", ")
+	}
+	fmt.Fprintf(&b, "Run %s, commit %s, %d run(s) of %.0f minutes in all, in the orders: %s.\n\n", rep.Time, rep.Commit, rep.runs, rep.Seconds/60, strings.Join(orders, "; "))
 	fmt.Fprintf(&b, "Machine: %s, %d cores, %d GiB, Linux %s, %s.\n\n", rep.Machine.CPU, rep.Machine.Cores, rep.Machine.MemoryGiB, rep.Machine.Kernel, rep.Machine.Go)
 	fmt.Fprintf(&b, "Servers: upstream `%s`, ours `%s`", rep.Versions["upstream"], rep.Versions["ours"])
 	if len(rep.OursArgs) > 0 {
@@ -188,15 +263,14 @@ func (rep *Report) Markdown() string {
 		p.Pods, p.Nodes, p.Namespaces, p.Apps, rep.SeedSeconds)
 	if rep.tuned() {
 		fmt.Fprintf(&b, "Upstream tuned: upstream's binary with `%s` applied (rows of %s only).\n\n", rep.Tuning, tunedScenarios)
-		b.WriteString("| scenario | metric | unit | upstream | ours | ours/upstream | upstream tuned | ours/tuned |\n|---|---|---|---:|---:|---:|---:|---:|\n")
-		for _, r := range rep.Rows {
-			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio), format(r.Tuned), formatRatio(r.TunedRatio))
-		}
-		return b.String()
 	}
-	b.WriteString("| scenario | metric | unit | upstream | ours | ours/upstream |\n|---|---|---|---:|---:|---:|\n")
+	if rep.runs > 1 {
+		b.WriteString("Figures are medians of the runs; a ratio is taken within each run, then its median and (min–max) over the runs.\n\n")
+	}
+	heads, cells := rep.columns()
+	fmt.Fprintf(&b, "| %s |\n|---|---|---|%s\n", strings.Join(heads, " | "), strings.Repeat("---:|", len(heads)-3))
 	for _, r := range rep.Rows {
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s |\n", r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio))
+		fmt.Fprintf(&b, "| %s |\n", strings.Join(cells(r), " | "))
 	}
 	return b.String()
 }

@@ -19,20 +19,26 @@ import (
 	"github.com/bulwark-k8s/bulwark/internal/pki"
 )
 
-// Run is one benchmark run: one data set, both servers.
+// Run is one benchmark: one data set, both servers, measured Runs times
+// in alternating order.
 type Run struct {
-	Params   Params
-	BinDir   string
-	Out      string
-	Filter   *regexp.Regexp
+	Params Params
+	BinDir string
+	Out    string
+	Filter *regexp.Regexp
+	// Order is the order of the first run; each next run reverses the
+	// previous one's, so that neither server always meets the fresher
+	// etcd, the cooler machine or the other's leftovers.
 	Order    []string
+	Runs     int
 	OursArgs []string
 	// Tuning is a file of API Priority and Fairness objects: when set, the
-	// tunedScenarios are measured a third time, on upstream with them.
+	// tunedScenarios are measured a third time, on upstream with them
+	// applied after its own scenarios.
 	Tuning string
 }
 
-// tunedUpstream names upstream's binary with Run.Tuning applied.
+// tunedUpstream names upstream with Run.Tuning applied.
 const tunedUpstream = "upstream-tuned"
 
 // tunedScenarios are those with a misbehaving client, which an operator
@@ -53,7 +59,7 @@ type server struct {
 }
 
 func (r *Run) binary(name string) string {
-	return filepath.Join(r.BinDir, map[string]string{"upstream": "kube-apiserver-upstream", tunedUpstream: "kube-apiserver-upstream", "ours": "kube-apiserver"}[name])
+	return filepath.Join(r.BinDir, map[string]string{"upstream": "kube-apiserver-upstream", "ours": "kube-apiserver"}[name])
 }
 
 // Execute seeds the data and measures every scenario on both servers.
@@ -93,14 +99,20 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	logf("seeded in %.1fs", took.Seconds())
 
 	servers := r.Order
-	if r.Tuning != "" && slices.ContainsFunc(scenarios(r.Params), func(sc scenario) bool { return r.runs(tunedUpstream, sc.name) }) {
-		servers = append(servers, tunedUpstream)
-	}
-	for _, name := range servers {
-		if err := r.measure(ctx, name, bundle, etcd, dir, report); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+	start := time.Now()
+	for run := range r.Runs {
+		logf("run %d of %d: %s", run+1, r.Runs, strings.Join(servers, ", "))
+		report.Orders = append(report.Orders, servers)
+		for _, name := range servers {
+			if err := r.measure(ctx, run, name, bundle, etcd, dir, report); err != nil {
+				return nil, fmt.Errorf("run %d, %s: %w", run+1, name, err)
+			}
 		}
+		servers = slices.Clone(servers)
+		slices.Reverse(servers)
 	}
+	report.Seconds = time.Since(start).Seconds()
+	report.summarize()
 	return report, nil
 }
 
@@ -109,10 +121,15 @@ func (r *Run) runs(server, scenario string) bool {
 	return r.Filter.MatchString(scenario) && (server != tunedUpstream || tunedScenarios.MatchString(scenario))
 }
 
-func (r *Run) measure(ctx context.Context, name string, bundle *pki.Bundle, etcd *localcluster.Etcd, dir string, report *Report) error {
-	var args []string
+func (r *Run) measure(ctx context.Context, run int, name string, bundle *pki.Bundle, etcd *localcluster.Etcd, dir string, report *Report) error {
+	args := []string{
+		// The watches end when a graceful stop begins, as a production
+		// apiserver is configured: otherwise the open watches hold the stop
+		// for the HTTP server's shutdown timeout (60 s), on both servers.
+		"--shutdown-watch-termination-grace-period=10s",
+	}
 	if name == "ours" {
-		args = r.OursArgs
+		args = append(args, r.OursArgs...)
 	}
 	version, err := exec.Command(r.binary(name), "--version").Output()
 	if err != nil {
@@ -142,51 +159,83 @@ func (r *Run) measure(ctx context.Context, name string, bundle *pki.Bundle, etcd
 	if s.flooder, err = flooderConfig(ctx, s.cfg); err != nil {
 		return err
 	}
-	if name == tunedUpstream {
-		if err := applyTuning(ctx, s.cfg, r.Tuning); err != nil {
-			return fmt.Errorf("%s: %w", r.Tuning, err)
-		}
-	}
-	report.add("startup", "ready with caches filled", "s", name, time.Since(started).Seconds())
-	report.add("startup", "RSS after start", "MiB", name, orNaN(rssMiB(proc.Pid())))
+	report.add(run, "startup", "ready with caches filled", "s", name, time.Since(started).Seconds())
+	report.add(run, "startup", "RSS after start", "MiB", name, orNaN(rssMiB(proc.Pid())))
 
 	for _, sc := range scenarios(r.Params) {
-		if !r.runs(name, sc.name) {
-			continue
+		if r.runs(name, sc.name) {
+			if err := r.scenario(ctx, run, name, s, sc, report); err != nil {
+				return err
+			}
 		}
-		logf("%s: %s", name, sc.name)
-		before, err := scrapeRequestDurations(ctx, s.cfg)
+	}
+	if name != "upstream" || r.Tuning == "" || !slices.ContainsFunc(scenarios(r.Params), func(sc scenario) bool { return r.runs(tunedUpstream, sc.name) }) {
+		return nil
+	}
+	// The operator's answer to the incident, applied to the running server.
+	logf("%s: applying %s", name, r.Tuning)
+	if err := applyTuning(ctx, s.cfg, r.Tuning); err != nil {
+		return fmt.Errorf("%s: %w", r.Tuning, err)
+	}
+	// The objects are in etcd: the next server must not find them.
+	defer func() {
+		if err := removeTuning(context.Background(), s.cfg, r.Tuning); err != nil {
+			logf("%s: %v", r.Tuning, err)
+		}
+	}()
+	for _, sc := range scenarios(r.Params) {
+		if r.runs(tunedUpstream, sc.name) {
+			if err := r.scenario(ctx, run, tunedUpstream, s, sc, report); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// scenario measures one scenario on server s, whose figures go to the
+// report under name.
+func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc scenario, report *Report) error {
+	logf("%s: %s", name, sc.name)
+	if err := collectGarbage(ctx, s); err != nil {
+		return err
+	}
+	before, err := scrapeRequestDurations(ctx, s.cfg)
+	if err != nil {
+		return err
+	}
+	usage := startUsage(s.proc.Pid())
+	m, err := sc.run(ctx, s, r.Params)
+	u := usage.Stop()
+	if err != nil {
+		return fmt.Errorf("%s: %w", sc.name, err)
+	}
+	if m.cleanup != nil {
+		if err := m.cleanup(ctx); err != nil {
+			return fmt.Errorf("%s: undo its writes: %w", sc.name, err)
+		}
+	}
+	if m.usage != nil {
+		u = *m.usage
+	}
+	for metric, l := range m.latencies {
+		report.addLatencies(run, sc.name, metric, name, l)
+	}
+	if m.serverKey != "" {
+		after, err := scrapeRequestDurations(ctx, s.cfg)
 		if err != nil {
 			return err
 		}
-		usage := startUsage(s.proc.Pid())
-		m, err := sc.run(ctx, s, r.Params)
-		u := usage.Stop()
-		if err != nil {
-			return fmt.Errorf("%s: %w", sc.name, err)
+		for _, q := range []float64{0.5, 0.9, 0.99} {
+			v := serverQuantile(before[m.serverKey], after[m.serverKey], q)
+			report.add(run, sc.name, fmt.Sprintf("server p%g (%s)", q*100, m.serverKey), "ms", name, v*1000)
 		}
-		if m.usage != nil {
-			u = *m.usage
-		}
-		for metric, l := range m.latencies {
-			report.addLatencies(sc.name, metric, name, l)
-		}
-		if m.serverKey != "" {
-			after, err := scrapeRequestDurations(ctx, s.cfg)
-			if err != nil {
-				return err
-			}
-			for _, q := range []float64{0.5, 0.9, 0.99} {
-				v := serverQuantile(before[m.serverKey], after[m.serverKey], q)
-				report.add(sc.name, fmt.Sprintf("server p%g (%s)", q*100, m.serverKey), "ms", name, v*1000)
-			}
-		}
-		for _, v := range m.values {
-			report.add(sc.name, v.name, v.unit, name, v.value)
-		}
-		report.add(sc.name, "apiserver CPU", "s", name, u.CPUSeconds)
-		report.add(sc.name, "apiserver peak RSS", "MiB", name, u.PeakRSSMiB)
 	}
+	for _, v := range m.values {
+		report.add(run, sc.name, v.name, v.unit, name, v.value)
+	}
+	report.add(run, sc.name, "apiserver CPU", "s", name, u.CPUSeconds)
+	report.add(run, sc.name, "apiserver peak RSS", "MiB", name, u.PeakRSSMiB)
 	return nil
 }
 
@@ -204,6 +253,17 @@ func warmUp(ctx context.Context, s *server) error {
 		}
 	}
 	return nil
+}
+
+// collectGarbage has the server collect its garbage, so that a scenario
+// does not pay for the one before it: the servers' heaps differ in size,
+// and a collection falling in one server's short scenario and not in the
+// other's is a difference of when, not of how much.
+func collectGarbage(ctx context.Context, s *server) error {
+	return poll(ctx, time.Minute, func() bool {
+		_, _, err := timed(ctx, s.http, http.MethodGet, s.url+"/debug/pprof/heap?gc=1", goodUserAgent, "", nil)
+		return err == nil
+	})
 }
 
 // orNaN is a measurement, or NaN (printed as a missing figure, never a

@@ -25,8 +25,10 @@ import (
 const (
 	// burstPods are the pods the burst updates, in benchNamespace.
 	burstPods = 100
-	// burstDuration is the time the burst is paced over.
-	burstDuration = 10 * time.Second
+	// burstRate paces the burst: five times the slow watchers' pace, so
+	// that each falls behind by more than the watch cache buffers for a
+	// watcher (at most 1,000 events) within a few seconds.
+	burstRate = 500
 	// slowPerEvent is the slow watchers' handling time per event: they take
 	// a hundred events a second, a fifth of the burst's pace, and fall far
 	// behind it.
@@ -132,8 +134,8 @@ func slowWatchersScenario(ctx context.Context, s *server, p Params) (*measuremen
 	return &measurement{values: values}, nil
 }
 
-// burst sends n updates to the burst pods, paced over burstDuration from
-// 32 writers, and returns each pod's last resourceVersion.
+// burst sends n updates to the burst pods, burstRate a second from 32
+// writers, and returns each pod's last resourceVersion.
 func burst(ctx context.Context, s *server, n int) (final map[string]string, retried int64, err error) {
 	padding := strings.Repeat("x", 1024) // events of a realistic size
 	var mu sync.Mutex
@@ -142,7 +144,7 @@ func burst(ctx context.Context, s *server, n int) (final map[string]string, retr
 	work := make(chan int)
 	go func() {
 		defer close(work)
-		tick := time.NewTicker(burstDuration / time.Duration(n))
+		tick := time.NewTicker(time.Second / burstRate)
 		defer tick.Stop()
 		for i := range n {
 			select {
