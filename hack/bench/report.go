@@ -252,7 +252,7 @@ func (rep *Report) Markdown() string {
 	for i, o := range rep.Orders {
 		orders[i] = strings.Join(o, ", ")
 	}
-	fmt.Fprintf(&b, "Run %s, commit %s, %d run(s) of %.0f minutes in all, in the orders: %s.\n\n", rep.Time, rep.Commit, rep.runs, rep.Seconds/60, strings.Join(orders, "; "))
+	fmt.Fprintf(&b, "Run %s, commit %s, %d run(s) in %.1f minutes, in the orders: %s.\n\n", rep.Time, rep.Commit, rep.runs, rep.Seconds/60, strings.Join(orders, "; "))
 	fmt.Fprintf(&b, "Machine: %s, %d cores, %d GiB, Linux %s, %s.\n\n", rep.Machine.CPU, rep.Machine.Cores, rep.Machine.MemoryGiB, rep.Machine.Kernel, rep.Machine.Go)
 	fmt.Fprintf(&b, "Servers: upstream `%s`, ours `%s`", rep.Versions["upstream"], rep.Versions["ours"])
 	if len(rep.OursArgs) > 0 {
