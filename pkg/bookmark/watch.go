@@ -24,6 +24,12 @@ const preDeadlineBookmark = 2 * time.Second
 // once-a-second tick. Two fit in finalBookmarkTimeout.
 const askedSegment = preDeadlineBookmark + 500*time.Millisecond
 
+// resultBuffer is how many events a watch holds for its client: the HTTP
+// handler writes what is buffered in one flush, and the goroutine that
+// forwards a segment's events does not wait for the handler's after each.
+// As many as the cache buffers for a watch without an index.
+const resultBuffer = 100
+
 // resumingWatch is one client's watch, served by a sequence of segments:
 // watch-cache watches, each resumed from the last resourceVersion the
 // client received, so it sees every event once, in order.
@@ -65,7 +71,7 @@ type resumingWatch struct {
 }
 
 func newResumingWatch(ctx context.Context, s *bookmarkingStorage, key string, opts storage.ListOptions) *resumingWatch {
-	w := &resumingWatch{storage: s, key: key, opts: opts, result: make(chan watch.Event)}
+	w := &resumingWatch{storage: s, key: key, opts: opts, result: make(chan watch.Event, resultBuffer)}
 	w.ctx, w.cancel = context.WithCancel(ctx)
 	w.initial = opts.SendInitialEvents != nil && *opts.SendInitialEvents ||
 		opts.SendInitialEvents == nil && (opts.ResourceVersion == "" || opts.ResourceVersion == "0")
@@ -297,8 +303,9 @@ func (w *resumingWatch) served() {
 
 // send hands an event to the client. A client that takes none for as long
 // as the cache keeps events (its events history window, 75 s by default)
-// could only be resumed with 410 Gone: its watch ends there, as the cache
-// ended its watcher, and holds nothing meanwhile but this one event.
+// while the watch's buffer is full could only be resumed with 410 Gone: its
+// watch ends there, as the cache ended its watcher, and holds nothing
+// meanwhile but the buffer.
 func (w *resumingWatch) send(event watch.Event) bool {
 	// One timer per watch, reset for each event (Go 1.23 timers: no stale
 	// expiry is left in its channel).
