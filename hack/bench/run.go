@@ -177,18 +177,16 @@ func (r *Run) measure(ctx context.Context, run int, name string, bundle *pki.Bun
 	if err := applyTuning(ctx, s.cfg, r.Tuning); err != nil {
 		return fmt.Errorf("%s: %w", r.Tuning, err)
 	}
-	// The objects are in etcd: the next server must not find them.
-	defer func() {
-		if err := removeTuning(context.Background(), s.cfg, r.Tuning); err != nil {
-			logf("%s: %v", r.Tuning, err)
-		}
-	}()
 	for _, sc := range scenarios(r.Params) {
 		if r.runs(tunedUpstream, sc.name) {
 			if err := r.scenario(ctx, run, tunedUpstream, s, sc, report); err != nil {
 				return err
 			}
 		}
+	}
+	// The objects are in etcd: the next server must not find them.
+	if err := removeTuning(ctx, s.cfg, r.Tuning); err != nil {
+		return fmt.Errorf("%s: %w", r.Tuning, err)
 	}
 	return nil
 }
