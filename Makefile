@@ -123,7 +123,7 @@ kubectl: ## Build kubectl from the same module graph (optional; any kubectl work
 BENCH_OURS_ARGS ?= --user-agent-limits-config=$(CURDIR)/hack/bench/throttle-flooder.yaml
 
 .PHONY: bench
-bench: binaries ## Side-by-side benchmark against upstream, quick: 50,000 pods, three runs in alternating order (under 15 minutes).
+bench: binaries ## Side-by-side benchmark against upstream, quick: 50,000 pods, three runs in alternating order (about 15 minutes).
 	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" $(BENCH_ARGS)
 
 .PHONY: bench-full
