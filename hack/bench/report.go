@@ -216,14 +216,14 @@ func formatRatio(s *Spread) string {
 // columns are the table's headings and a row's cells: medians, and
 // ratios with their spread.
 func (rep *Report) columns() ([]string, func(*Row) []string) {
-	median := ""
+	ofRuns := ""
 	if rep.runs > 1 {
-		median = fmt.Sprintf(" (median of %d)", rep.runs)
+		ofRuns = fmt.Sprintf(" (median of %d)", rep.runs)
 	}
-	heads := []string{"scenario", "metric", "unit", "upstream" + median, "ours" + median, "ours/upstream"}
+	heads := []string{"scenario", "metric", "unit", "upstream" + ofRuns, "ours" + ofRuns, "ours/upstream"}
 	tuned := rep.tuned()
 	if tuned {
-		heads = append(heads, "upstream tuned"+median, "ours/tuned")
+		heads = append(heads, "upstream tuned"+ofRuns, "ours/tuned")
 	}
 	return heads, func(r *Row) []string {
 		cells := []string{r.Scenario, r.Metric, r.Unit, format(r.Upstream), format(r.Ours), formatRatio(r.Ratio)}
