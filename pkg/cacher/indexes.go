@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 
 	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -194,12 +196,19 @@ func (s *indexedStorage) GetList(ctx context.Context, key string, opts storage.L
 		opts.Predicate.IndexFields = append(slices.Clip(opts.Predicate.IndexFields), s.fields...)
 	}
 	if lookup, ok := s.findSetLookup(ctx, opts); ok {
-		served, err := s.listSet(ctx, key, opts, lookup, listObj)
+		served, firstRV, err := s.listSet(ctx, key, opts, lookup, listObj)
 		if served {
 			setSelectorLists.WithLabelValues(s.resource.Group, s.resource.Resource, "index").Inc()
 			return err
 		}
 		setSelectorLists.WithLabelValues(s.resource.Group, s.resource.Resource, "scan").Inc()
+		if firstRV > 0 && opts.ResourceVersion == "" {
+			// The first lookup was this request's consistent read: a scan
+			// at its resourceVersion or newer is as consistent, and does
+			// not make a second one (another round trip to etcd for its
+			// revision, another wait for the cache, counted twice).
+			opts.ResourceVersion, opts.ResourceVersionMatch = strconv.FormatUint(firstRV, 10), metav1.ResourceVersionMatchNotOlderThan
+		}
 	}
 	return s.Interface.GetList(ctx, key, opts, listObj)
 }

@@ -75,8 +75,9 @@ func (s *indexedStorage) findSetLookup(ctx context.Context, opts storage.ListOpt
 // continue token and resourceVersion are what upstream's scan returns.
 // The LISTs after the first ask for not-older-than that resourceVersion; if
 // the resource changed in between they answer a newer one, and served is
-// false: the caller falls back to the scan.
-func (s *indexedStorage) listSet(ctx context.Context, key string, opts storage.ListOptions, lookup setLookup, listObj runtime.Object) (served bool, err error) {
+// false: the caller falls back to the scan. firstRV is then the
+// resourceVersion the first LIST read at, 0 if it failed.
+func (s *indexedStorage) listSet(ctx context.Context, key string, opts storage.ListOptions, lookup setLookup, listObj runtime.Object) (served bool, firstRV uint64, err error) {
 	limit := opts.Predicate.Limit
 	if opts.ResourceVersion == "0" {
 		limit = 0 // upstream ignores the limit of a LIST from any cached version
@@ -90,7 +91,7 @@ func (s *indexedStorage) listSet(ctx context.Context, key string, opts storage.L
 	for i, value := range lookup.values {
 		one, err := labels.NewRequirement(lookup.key, selection.Equals, []string{value})
 		if err != nil {
-			return false, nil
+			return false, rv, nil
 		}
 		valueOpts := opts
 		valueOpts.Predicate.Label = labels.NewSelector().Add(lookup.others...).Add(*one)
@@ -101,25 +102,25 @@ func (s *indexedStorage) listSet(ctx context.Context, key string, opts storage.L
 		list := s.newList()
 		if err := s.Interface.GetList(ctx, key, valueOpts, list); err != nil {
 			// The first LIST fails as the request itself would.
-			return i == 0, err
+			return i == 0, rv, err
 		}
 		listMeta, err := meta.ListAccessor(list)
 		if err != nil {
-			return false, nil
+			return false, rv, nil
 		}
 		listRV, err := s.Versioner().ParseResourceVersion(listMeta.GetResourceVersion())
 		if err != nil || (i > 0 && listRV != rv) {
-			return false, nil
+			return false, rv, nil
 		}
 		rv = listRV
 		hasMore = hasMore || listMeta.GetContinue() != ""
 		objs, err := meta.ExtractList(list)
 		if err != nil {
-			return false, nil
+			return false, rv, nil
 		}
 		for _, obj := range objs {
 			if keys[obj], err = s.keyFunc(obj); err != nil {
-				return false, nil
+				return false, rv, nil
 			}
 		}
 		items = append(items, objs...)
@@ -134,10 +135,10 @@ func (s *indexedStorage) listSet(ctx context.Context, key string, opts storage.L
 	}
 	continueToken, remaining, err := storage.PrepareContinueToken(lastKey, key, int64(rv), int64(len(items)), hasMore, opts)
 	if err != nil {
-		return true, err
+		return true, rv, err
 	}
 	if err := meta.SetList(listObj, items); err != nil {
-		return true, err
+		return true, rv, err
 	}
-	return true, s.Versioner().UpdateList(listObj, rv, continueToken, remaining)
+	return true, rv, s.Versioner().UpdateList(listObj, rv, continueToken, remaining)
 }

@@ -10,9 +10,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apiserver/pkg/apis/example"
 	"k8s.io/apiserver/pkg/storage"
+	cachermetrics "k8s.io/apiserver/pkg/storage/cacher/metrics"
 	storagemetrics "k8s.io/apiserver/pkg/storage/metrics"
+	"k8s.io/component-base/metrics"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/component-base/metrics/testutil"
 )
@@ -193,4 +196,85 @@ func indexLists(t *testing.T, index string) float64 {
 		}
 	}
 	return total
+}
+
+// writeAfterFirstList is the watch cache's storage with a write made, and
+// seen by the cache, right after the first LIST: it races the lookups of a
+// set selector.
+type writeAfterFirstList struct {
+	storage.Interface
+	lists int
+	write func()
+}
+
+func (s *writeAfterFirstList) GetList(ctx context.Context, key string, opts storage.ListOptions, listObj runtime.Object) error {
+	err := s.Interface.GetList(ctx, key, opts, listObj)
+	if s.lists++; s.lists == 1 {
+		s.write()
+	}
+	return err
+}
+
+// TestSetSelectorRacingAWrite checks the scan a consistent set lookup falls
+// back to when a write lands between its lookups: its answer is consistent
+// (it sees the write) and it is still one consistent read, not two.
+func TestSetSelectorRacingAWrite(t *testing.T) {
+	RegisterMetrics()
+	cachermetrics.Register()
+	s := newIndexedStorage(t)
+	indexed := s.(*indexedStorage)
+	ctx := context.Background()
+	create := func(name, app string) uint64 {
+		pod := &example.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Labels: map[string]string{"app": app}}}
+		key, _ := indexed.keyFunc(pod)
+		out := &example.Pod{}
+		if err := s.Create(ctx, key, pod, out, 0); err != nil {
+			t.Fatal(err)
+		}
+		rv, err := s.Versioner().ObjectResourceVersion(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rv
+	}
+	for i := range 6 {
+		create(fmt.Sprintf("pod-%d", i), fmt.Sprintf("a%d", i%3))
+	}
+	racing := *indexed
+	racing.Interface = &writeAfterFirstList{Interface: indexed.Interface, write: func() {
+		rv := create("late", "a2")
+		// Wait for the cache to hold it, so that the next lookup answers a newer resourceVersion.
+		opts := storage.ListOptions{ResourceVersion: fmt.Sprint(rv), ResourceVersionMatch: metav1.ResourceVersionMatchNotOlderThan, Recursive: true, Predicate: storage.Everything}
+		if err := indexed.Interface.GetList(ctx, "/pods/", opts, &example.PodList{}); err != nil {
+			t.Fatal(err)
+		}
+	}}
+
+	counter := func(c metrics.CounterMetric) float64 {
+		v, err := testutil.GetCounterMetricValue(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	consistentReads := cachermetrics.ConsistentReadTotal.WithLabelValues("", "pods", "true", "false")
+	scans := setSelectorLists.WithLabelValues("", "pods", "scan")
+	readsBefore, scansBefore := counter(consistentReads), counter(scans)
+	selector, _ := labels.Parse("app in (a1,a2)")
+	opts := storage.ListOptions{Recursive: true, Predicate: storage.SelectionPredicate{Label: selector, Field: fields.Everything(), GetAttrs: examplePodAttrs}}
+	got := listPages(t, &racing, "/pods/", opts)
+
+	if n := counter(scans) - scansBefore; n != 1 {
+		t.Fatalf("%v set lookups fell back to the scan; the write did not race the lookups", n)
+	}
+	if n := counter(consistentReads) - readsBefore; n != 1 {
+		t.Errorf("one consistent LIST made %v consistent reads", n)
+	}
+	if !slices.Contains(got.names, "ns/late") {
+		t.Errorf("the scan at resourceVersion %d does not see the write made during the request: %v", got.resourceVersion, got.names)
+	}
+	opts.ResourceVersion, opts.ResourceVersionMatch = fmt.Sprint(got.resourceVersion), metav1.ResourceVersionMatchExact
+	if want := listPages(t, indexed.Interface, "/pods/", opts); !slices.Equal(got.names, want.names) {
+		t.Errorf("items %v, upstream's scan at resourceVersion %d: %v", got.names, got.resourceVersion, want.names)
+	}
 }
