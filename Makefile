@@ -43,6 +43,21 @@ etcd: ## Build etcd from the module graph (the version upstream's client uses).
 .PHONY: binaries
 binaries: build upstream etcd
 
+KWOK_VERSION := v0.8.0
+
+.PHONY: cluster-binaries
+cluster-binaries: ## kube-scheduler and kube-controller-manager from the same module graph, and kwok, for a simulated cluster.
+	$(GO_BUILD) -ldflags "$(call version_ldflags,$(KUBE_VERSION))" -o $(BIN)/kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+	$(GO_BUILD) -ldflags "$(call version_ldflags,$(KUBE_VERSION))" -o $(BIN)/kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
+	# kwok's own module graph, from the Go module proxy.
+	GOBIN=$(CURDIR)/$(BIN) go install -trimpath sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+
+KWOK_NODES ?= 100
+
+.PHONY: kwok-cluster
+kwok-cluster: build etcd cluster-binaries ## A simulated cluster on Bulwark: etcd, kube-scheduler, kube-controller-manager, kwok's KWOK_NODES nodes; kubeconfig in _output/kwok-cluster.
+	go run ./hack/kwok-cluster -nodes=$(KWOK_NODES) $(KWOK_ARGS)
+
 ENVTEST_ASSETS ?= _output/envtest
 IMAGE_DIR ?= _output/image
 
@@ -79,7 +94,7 @@ INTEGRATION_ENV := BULWARK_BIN_DIR=$(CURDIR)/$(BIN) BULWARK_ENVTEST_ASSETS=$(CUR
 # Integration tests start real etcd and apiserver processes: one package at
 # a time, so two apiservers never compete for the two cores of a CI machine.
 .PHONY: test-integration
-test-integration: binaries envtest-assets image haproxy
+test-integration: binaries cluster-binaries envtest-assets image haproxy
 	$(INTEGRATION_ENV) go test -p 1 -timeout 40m ./test/integration/... $(TEST_ARGS)
 
 # The reliability suite: the tests of docs/reliability.md at full size, their

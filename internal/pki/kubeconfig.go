@@ -23,11 +23,18 @@ func (b *Bundle) AdminRESTConfig(server string) *rest.Config {
 // with the bundle's admin certificate; certificates are embedded so the file
 // works from any directory.
 func (b *Bundle) WriteAdminKubeconfig(path, server string) error {
+	return b.WriteKubeconfig(path, server, "admin", b.Admin)
+}
+
+// WriteKubeconfig writes a kubeconfig for server that authenticates as
+// user with the client certificate client, embedded as in
+// WriteAdminKubeconfig.
+func (b *Bundle) WriteKubeconfig(path, server, user string, client Pair) error {
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["bulwark"] = &clientcmdapi.Cluster{Server: server, CertificateAuthority: b.CA.Cert}
-	cfg.AuthInfos["admin"] = &clientcmdapi.AuthInfo{ClientCertificate: b.Admin.Cert, ClientKey: b.Admin.Key}
-	cfg.Contexts["admin@bulwark"] = &clientcmdapi.Context{Cluster: "bulwark", AuthInfo: "admin"}
-	cfg.CurrentContext = "admin@bulwark"
+	cfg.AuthInfos[user] = &clientcmdapi.AuthInfo{ClientCertificate: client.Cert, ClientKey: client.Key}
+	cfg.Contexts[user+"@bulwark"] = &clientcmdapi.Context{Cluster: "bulwark", AuthInfo: user}
+	cfg.CurrentContext = user + "@bulwark"
 	if err := clientcmdapi.FlattenConfig(cfg); err != nil {
 		return err
 	}

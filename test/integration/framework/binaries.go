@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/bulwark-k8s/bulwark/internal/kwokcluster"
 )
 
 // Binaries are the executables the tests run.
@@ -39,6 +41,25 @@ func Bins(t testing.TB) Binaries {
 	for _, p := range []string{b.APIServer, b.Upstream, b.Etcd, b.Bulwarkctl, filepath.Join(b.EnvtestAssets, "kube-apiserver"), filepath.Join(b.EnvtestAssets, "etcd")} {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("missing binary (build with `make binaries`): %v", err)
+		}
+	}
+	return b
+}
+
+// ClusterBins returns the components of a simulated cluster in
+// BULWARK_BIN_DIR (`make cluster-binaries`), and fails the test if any is
+// missing.
+func ClusterBins(t testing.TB) kwokcluster.Binaries {
+	t.Helper()
+	dir := os.Getenv("BULWARK_BIN_DIR")
+	b := kwokcluster.Binaries{
+		Scheduler:         filepath.Join(dir, "kube-scheduler"),
+		ControllerManager: filepath.Join(dir, "kube-controller-manager"),
+		Kwok:              filepath.Join(dir, "kwok"),
+	}
+	for _, p := range []string{b.Scheduler, b.ControllerManager, b.Kwok} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("missing binary (build with `make cluster-binaries`): %v", err)
 		}
 	}
 	return b
