@@ -141,6 +141,13 @@ BENCH_OURS_ARGS ?= --user-agent-limits-config=$(CURDIR)/hack/bench/throttle-floo
 bench: binaries ## Side-by-side benchmark against upstream, quick: 50,000 pods, three runs in alternating order (about 15 minutes).
 	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" $(BENCH_ARGS)
 
+# Quick: 1,000 nodes and 10,000 pods; KWOK_BENCH_ARGS="-kwok-nodes=5000 -kwok-pods=50000" for the full size.
+KWOK_BENCH_ARGS ?= -kwok-nodes=1000 -kwok-pods=10000
+
+.PHONY: bench-kwok
+bench-kwok: binaries cluster-binaries ## Side-by-side on a whole simulated cluster (kwok nodes, scheduler, controller manager): a Deployment workload, one run per server.
+	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" -runs=1 -scenarios='^kwok cluster$$' -plot=false -out=_output/bench-kwok $(KWOK_BENCH_ARGS) $(BENCH_ARGS)
+
 .PHONY: bench-full
 bench-full: binaries ## The scale run: 200,000 pods, 10,000 nodes and watchers.
 	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" -runs=1 -pods=200000 -nodes=10000 -restart-watchers=10000 -slow-watchers=10000 -slow-burst=5000 -watchers=1000 \

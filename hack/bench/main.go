@@ -62,6 +62,8 @@ func main() {
 	flag.IntVar(&p.RestartWatchers, "restart-watchers", 200, "kubelet-style watchers of the restart scenario (at most one per node)")
 	flag.IntVar(&p.SlowWatchers, "slow-watchers", 300, "watchers of the slow-watchers scenario, a tenth of them slow (at most one per node)")
 	flag.IntVar(&p.SlowBurst, "slow-burst", 1200, "pod updates of the slow-watchers scenario's burst, 500 a second")
+	flag.IntVar(&p.KwokNodes, "kwok-nodes", 1000, "nodes kwok simulates in the kwok cluster scenario")
+	flag.IntVar(&p.KwokPods, "kwok-pods", 0, "pods of the kwok cluster scenario's Deployments at full size (0: the scenario is not run; make bench-kwok runs it)")
 	flag.Parse()
 	// Thousands of reflectors log every retry; the table is the output.
 	klog.SetLogger(logr.Discard())

@@ -74,24 +74,32 @@ func scrapeCounter(ctx context.Context, cfg *rest.Config, name string, match map
 // scrapeRequestDurations reads apiserver_request_duration_seconds from
 // /metrics, keyed by "VERB resource".
 func scrapeRequestDurations(ctx context.Context, cfg *rest.Config) (map[string]histogram, error) {
+	return scrapeHistograms(ctx, cfg, "apiserver_request_duration_seconds", func(m *dto.Metric) string {
+		key := label(m, "verb") + " " + label(m, "resource")
+		if sub := label(m, "subresource"); sub != "" {
+			key += "/" + sub
+		}
+		return key
+	})
+}
+
+// scrapeHistograms reads a histogram family from /metrics, its series
+// summed by key (series keyed "" are left out).
+func scrapeHistograms(ctx context.Context, cfg *rest.Config, name string, key func(*dto.Metric) string) (map[string]histogram, error) {
 	families, err := scrapeMetrics(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]histogram{}
-	family := families["apiserver_request_duration_seconds"]
-	if family == nil {
-		return out, nil
-	}
-	for _, m := range family.Metric {
-		key := label(m, "verb") + " " + label(m, "resource")
-		if sub := label(m, "subresource"); sub != "" {
-			key += "/" + sub
+	for _, m := range families[name].GetMetric() {
+		k := key(m)
+		if k == "" {
+			continue
 		}
-		h := out[key]
+		h := out[k]
 		if h == nil {
 			h = histogram{}
-			out[key] = h
+			out[k] = h
 		}
 		for _, b := range m.GetHistogram().GetBucket() {
 			if !math.IsInf(b.GetUpperBound(), 1) {

@@ -90,13 +90,17 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	defer etcd.Stop()
 
 	report := newReport(r)
-	logf("seeding %d pods, %d nodes and Leases, %d namespaces into etcd", r.Params.Pods, r.Params.Nodes, r.Params.Namespaces)
-	took, err := seedData(ctx, etcd.ClientURL, r.Params.Data)
-	if err != nil {
-		return nil, fmt.Errorf("seed: %w", err)
+	seeded := slices.ContainsFunc(scenarios(r.Params), func(sc scenario) bool { return r.Filter.MatchString(sc.name) })
+	kwok := r.Params.KwokPods > 0 && r.Filter.MatchString(kwokScenario)
+	if seeded {
+		logf("seeding %d pods, %d nodes and Leases, %d namespaces into etcd", r.Params.Pods, r.Params.Nodes, r.Params.Namespaces)
+		took, err := seedData(ctx, etcd.ClientURL, r.Params.Data)
+		if err != nil {
+			return nil, fmt.Errorf("seed: %w", err)
+		}
+		report.SeedSeconds = took.Seconds()
+		logf("seeded in %.1fs", took.Seconds())
 	}
-	report.SeedSeconds = took.Seconds()
-	logf("seeded in %.1fs", took.Seconds())
 
 	servers := r.Order
 	start := time.Now()
@@ -104,8 +108,20 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 		logf("run %d of %d: %s", run+1, r.Runs, strings.Join(servers, ", "))
 		report.Orders = append(report.Orders, servers)
 		for _, name := range servers {
-			if err := r.measure(ctx, run, name, bundle, etcd, dir, report); err != nil {
-				return nil, fmt.Errorf("run %d, %s: %w", run+1, name, err)
+			if err := r.recordVersion(name, report); err != nil {
+				return nil, err
+			}
+			if seeded {
+				if err := r.measure(ctx, run, name, bundle, etcd, dir, report); err != nil {
+					return nil, fmt.Errorf("run %d, %s: %w", run+1, name, err)
+				}
+			}
+		}
+		for _, name := range servers {
+			if kwok {
+				if err := r.kwokCluster(ctx, run, name, dir, report); err != nil {
+					return nil, fmt.Errorf("run %d, %s: %w", run+1, name, err)
+				}
 			}
 		}
 		servers = slices.Clone(servers)
@@ -114,6 +130,16 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	report.Seconds = time.Since(start).Seconds()
 	report.summarize()
 	return report, nil
+}
+
+// recordVersion puts what the server's binary says of its version in the report.
+func (r *Run) recordVersion(name string, report *Report) error {
+	version, err := exec.Command(r.binary(name), "--version").Output()
+	if err != nil {
+		return err
+	}
+	report.Versions[name] = strings.TrimSpace(string(version))
+	return nil
 }
 
 // runs tells whether a server measures a scenario.
@@ -131,12 +157,6 @@ func (r *Run) measure(ctx context.Context, run int, name string, bundle *pki.Bun
 	if name == "ours" {
 		args = append(args, r.OursArgs...)
 	}
-	version, err := exec.Command(r.binary(name), "--version").Output()
-	if err != nil {
-		return err
-	}
-	report.Versions[name] = strings.TrimSpace(string(version))
-
 	started := time.Now()
 	proc, err := localcluster.StartAPIServer(localcluster.APIServerConfig{
 		Binary: r.binary(name), Name: name, Dir: dir, PKI: bundle, Etcd: etcd, Args: args,

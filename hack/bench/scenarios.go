@@ -39,6 +39,8 @@ type Params struct {
 	StormClients      int
 	SlowWatchers      int
 	SlowBurst         int
+	// KwokNodes and KwokPods size the kwok cluster scenario (0 pods: not run).
+	KwokNodes, KwokPods int
 }
 
 // measurement is what one scenario measured on one server.

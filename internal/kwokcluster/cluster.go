@@ -124,7 +124,9 @@ func (c *Cluster) start(ctx context.Context) error {
 	}
 
 	// Flags as kubeadm sets them, but without leader election (one replica)
-	// and without serving (ports would collide between clusters).
+	// and without serving (ports would collide between clusters); client
+	// rates as Kubernetes' own scale tests raise them (100 a second, not 20
+	// and 50), so that the apiserver, not the clients, sets the pace.
 	if err := c.run("kube-controller-manager", c.ControllerManager,
 		"--kubeconfig="+controllerManagerConfig,
 		"--authentication-kubeconfig="+controllerManagerConfig,
@@ -137,14 +139,27 @@ func (c *Cluster) start(ctx context.Context) error {
 		"--cluster-signing-cert-file="+s.PKI.CA.Cert,
 		"--cluster-signing-key-file="+s.PKI.CA.Key,
 		"--controllers=*,bootstrapsigner,tokencleaner",
+		"--kube-api-qps=100",
+		"--kube-api-burst=200",
 	); err != nil {
 		return err
 	}
+	schedulerConfiguration := filepath.Join(c.Dir, "kube-scheduler.yaml")
+	if err := os.WriteFile(schedulerConfiguration, fmt.Appendf(nil, `apiVersion: kubescheduler.config.k8s.io/v1
+kind: KubeSchedulerConfiguration
+clientConnection:
+  kubeconfig: %q
+  qps: 100
+  burst: 200
+leaderElection:
+  leaderElect: false
+`, schedulerConfig), 0o644); err != nil {
+		return err
+	}
 	if err := c.run("kube-scheduler", c.Scheduler,
-		"--kubeconfig="+schedulerConfig,
+		"--config="+schedulerConfiguration,
 		"--authentication-kubeconfig="+schedulerConfig,
 		"--authorization-kubeconfig="+schedulerConfig,
-		"--leader-elect=false",
 		"--secure-port=0",
 	); err != nil {
 		return err
