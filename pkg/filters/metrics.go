@@ -97,20 +97,6 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	})
 
-	tlsHandshakesInProgress = metrics.NewGauge(&metrics.GaugeOpts{
-		Namespace:      namespace,
-		Name:           "tls_handshakes_in_progress",
-		Help:           "TLS handshakes holding a slot of the handshake guard (--max-concurrent-tls-handshakes).",
-		StabilityLevel: metrics.ALPHA,
-	})
-
-	tlsHandshakesRejected = metrics.NewCounter(&metrics.CounterOpts{
-		Namespace:      namespace,
-		Name:           "tls_handshake_rejected_connections_total",
-		Help:           "Connections closed because no TLS handshake slot was free within 5 seconds.",
-		StabilityLevel: metrics.ALPHA,
-	})
-
 	registerOnce sync.Once
 )
 
@@ -121,7 +107,7 @@ var (
 func RegisterMetrics(talkers *TopTalkers) {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(heartbeatRequestDuration, userAgentRejected, userAgentConfigReloads, userAgentConfigValid, userAgentRules, cacheNotReadyRejected, abandonedRequests,
-			overloadShed, overloadInflight, overloadSchedulerLatency, tlsHandshakesInProgress, tlsHandshakesRejected, largeListsInflight, largeListsRejected)
+			overloadShed, overloadInflight, overloadSchedulerLatency, largeListsInflight, largeListsRejected)
 		legacyregistry.CustomMustRegister(&topTalkersCollector{talkers: talkers})
 		// The series that dashboards and alerts rate() over exist from the
 		// start, at 0, rather than appearing with the first event.

@@ -36,8 +36,6 @@ type additions struct {
 	// limiter is nil without --user-agent-limits-config.
 	limiter *filters.UserAgentLimiter
 	shedder *filters.OverloadShedder
-	// maxHandshakes is 0 when TLS handshakes are not bounded.
-	maxHandshakes int
 	// maxLargeLists is 0 when large LISTs are not bounded.
 	maxLargeLists     int
 	largeListMinBytes int64
@@ -53,7 +51,6 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 		caches:            cacher.NewReadiness(),
 		cacheGate:         o.CacheNotReadyGate,
 		shedder:           filters.NewOverloadShedder(o.Overload),
-		maxHandshakes:     o.MaxConcurrentTLSHandshakes,
 		maxLargeLists:     o.MaxConcurrentLargeLists,
 		largeListMinBytes: o.LargeListMinBytes.Value(),
 		indexes:           o.indexes,
@@ -78,9 +75,8 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 
 // customizeConfig adds label and field indexes to the watch caches, serves watches
 // with bookmarks and start histories, records every
-// resource's storage for the cache-not-ready gate, bounds the TLS handshakes
-// of the secure port, and puts Bulwark's filters around upstream's handler
-// chain. Only the aggregator's chain sees requests: it is the outermost
+// resource's storage for the cache-not-ready gate, and puts Bulwark's
+// filters around upstream's handler chain. Only the aggregator's chain sees requests: it is the outermost
 // server, and the servers it delegates to are called without their own
 // filters.
 func (a *additions) customizeConfig(config *upstream.Config) {
@@ -94,9 +90,6 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		*getter = stack.Decorate(*getter)
 	}
 	gc := config.Aggregator.GenericConfig
-	if a.maxHandshakes > 0 && gc.SecureServing != nil {
-		gc.SecureServing.Listener = filters.LimitTLSHandshakes(gc.SecureServing.Listener, a.maxHandshakes)
-	}
 	buildUpstream := gc.BuildHandlerChainFunc
 	gc.BuildHandlerChainFunc = func(apiHandler http.Handler, c *genericapiserver.Config) http.Handler {
 		chain := filters.Chain{

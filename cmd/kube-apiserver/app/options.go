@@ -38,9 +38,6 @@ type Options struct {
 	CacheNotReadyGate bool
 	// Overload are the thresholds of overload shedding.
 	Overload filters.OverloadConfig
-	// MaxConcurrentTLSHandshakes bounds the TLS handshakes in progress; 0
-	// does not bound them.
-	MaxConcurrentTLSHandshakes int
 	// MaxConcurrentLargeLists bounds the large LISTs in flight; 0 does not
 	// bound them.
 	MaxConcurrentLargeLists int
@@ -71,9 +68,6 @@ func NewOptions() *Options {
 			SoftSchedulerLatency: defaultSoftSchedulerLatency,
 			HardSchedulerLatency: defaultHardSchedulerLatency,
 		},
-		// Enough for a reconnect storm's handshakes to be computed at the
-		// speed of the CPU; a bound on the goroutines doing it.
-		MaxConcurrentTLSHandshakes: 4 * runtime.GOMAXPROCS(0),
 		// One per CPU: a LIST of a whole large resource keeps a core busy
 		// encoding tens of megabytes.
 		MaxConcurrentLargeLists: max(2, runtime.GOMAXPROCS(0)),
@@ -136,7 +130,6 @@ func (o *Options) Validate() []error {
 	notAbove("overload-soft-inflight", "overload-hard-inflight", c.SoftInflight, c.HardInflight)
 	notAbove("overload-soft-scheduler-latency", "overload-hard-scheduler-latency", int64(c.SoftSchedulerLatency), int64(c.HardSchedulerLatency))
 
-	notNegative("max-concurrent-tls-handshakes", int64(o.MaxConcurrentTLSHandshakes))
 	notNegative("max-concurrent-large-lists", int64(o.MaxConcurrentLargeLists))
 	if v := o.LargeListMinBytes.Value(); v <= 0 {
 		errs = append(errs, fmt.Errorf("--large-list-min-bytes: must be positive (0 would make every LIST large), got %s", o.LargeListMinBytes.String()))
@@ -179,9 +172,6 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 		"99th percentile Go scheduler latency over the last second above which new requests get 429. 0 disables.")
 	fs.DurationVar(&o.Overload.HardSchedulerLatency, "overload-hard-scheduler-latency", o.Overload.HardSchedulerLatency,
 		"Scheduler latency above which new requests get 429 and their connection is closed. 0 disables.")
-	fs.IntVar(&o.MaxConcurrentTLSHandshakes, "max-concurrent-tls-handshakes", o.MaxConcurrentTLSHandshakes,
-		"TLS handshakes the secure port runs at once (default: 4 per CPU); a connection that waits more than 5s for its turn is closed, "+
-			"so that a reconnect storm cannot take the CPU from the requests being served. 0 does not bound them.")
 	fs.IntVar(&o.MaxConcurrentLargeLists, "max-concurrent-large-lists", o.MaxConcurrentLargeLists,
 		"LISTs of a whole large resource (cluster-wide, no selector, no limit of 500 or less; see --large-list-min-bytes) served at once "+
 			"(default: one per CPU, at least 2), whoever sends them; one more waits up to 1s for its turn, then gets 429. 0 does not bound them.")

@@ -40,8 +40,6 @@ func TestOptionsValidate(t *testing.T) {
 		{args: []string{"--overload-soft-scheduler-latency=-1ms"}, wantErr: "--overload-soft-scheduler-latency: must not be negative"},
 		{args: []string{"--overload-hard-scheduler-latency=-1ms"}, wantErr: "--overload-hard-scheduler-latency: must not be negative"},
 		{args: []string{"--overload-soft-scheduler-latency=2s"}, wantErr: "--overload-soft-scheduler-latency (2000000000) must not be above --overload-hard-scheduler-latency"},
-		{args: []string{"--max-concurrent-tls-handshakes=0"}},
-		{args: []string{"--max-concurrent-tls-handshakes=-1"}, wantErr: "--max-concurrent-tls-handshakes: must not be negative"},
 		{args: []string{"--max-concurrent-large-lists=0"}},
 		{args: []string{"--max-concurrent-large-lists=-4"}, wantErr: "--max-concurrent-large-lists: must not be negative"},
 		{args: []string{"--large-list-min-bytes=64Mi"}},
