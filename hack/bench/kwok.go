@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -11,8 +10,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/bulwark-k8s/bulwark/internal/kwokcluster"
-	"github.com/bulwark-k8s/bulwark/internal/localcluster"
-	"github.com/bulwark-k8s/bulwark/internal/pki"
 )
 
 // kwokScenario is the name of the whole-cluster scenario in the report.
@@ -43,48 +40,18 @@ func sloClass(m *dto.Metric) string {
 func (r *Run) kwokCluster(ctx context.Context, run int, name string, dir string, report *Report) error {
 	logf("%s: %s (%d nodes, %d pods)", name, kwokScenario, r.Params.KwokNodes, r.Params.KwokPods)
 	dir = filepath.Join(dir, "kwok-"+name)
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	bundle, err := pki.Ensure(filepath.Join(dir, "pki"), nil)
-	if err != nil {
-		return err
-	}
-	etcd, err := localcluster.StartEtcd(localcluster.EtcdConfig{Binary: filepath.Join(r.BinDir, "etcd"), Dir: dir})
-	if err != nil {
-		return err
-	}
-	defer etcd.Stop()
-	args, err := kwokcluster.AuditArgs(dir)
-	if err != nil {
-		return err
-	}
-	args = append(args, "--shutdown-watch-termination-grace-period=10s")
+	args := []string{"--shutdown-watch-termination-grace-period=10s"}
 	if name == "ours" {
 		args = append(args, r.OursArgs...)
 	}
-	proc, err := localcluster.StartAPIServer(localcluster.APIServerConfig{Binary: r.binary(name), Name: name, Dir: dir, PKI: bundle, Etcd: etcd, Args: args})
-	if err != nil {
-		return err
-	}
-	defer proc.Stop()
-	cluster, err := kwokcluster.Start(ctx, kwokcluster.Config{
-		Binaries: kwokcluster.Binaries{
-			Scheduler:         filepath.Join(r.BinDir, "kube-scheduler"),
-			ControllerManager: filepath.Join(r.BinDir, "kube-controller-manager"),
-			Kwok:              filepath.Join(r.BinDir, "kwok"),
-		},
-		Dir:       dir,
-		APIServer: proc,
-		Nodes:     r.Params.KwokNodes,
+	local, err := kwokcluster.StartLocal(ctx, kwokcluster.LocalConfig{
+		BinDir: r.BinDir, APIServer: r.binary(name), Name: name, Args: args, Dir: dir, Nodes: r.Params.KwokNodes,
 	})
 	if err != nil {
 		return err
 	}
-	defer cluster.Stop()
+	defer local.Stop()
+	proc, cluster := local.APIServer, local.Cluster
 
 	before, err := scrapeHistograms(ctx, proc.Config, "apiserver_request_sli_duration_seconds", sloClass)
 	if err != nil {

@@ -23,8 +23,6 @@ import (
 	"time"
 
 	"github.com/bulwark-k8s/bulwark/internal/kwokcluster"
-	"github.com/bulwark-k8s/bulwark/internal/localcluster"
-	"github.com/bulwark-k8s/bulwark/internal/pki"
 )
 
 func main() {
@@ -48,48 +46,16 @@ func run(bin, apiserver, dir string, nodes, pods, deployments int) error {
 	if err != nil {
 		return err
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	bundle, err := pki.Ensure(filepath.Join(dir, "pki"), nil)
+	local, err := kwokcluster.StartLocal(ctx, kwokcluster.LocalConfig{BinDir: bin, APIServer: apiserver, Dir: dir, Nodes: nodes})
 	if err != nil {
 		return err
 	}
-	etcd, err := localcluster.StartEtcd(localcluster.EtcdConfig{Binary: filepath.Join(bin, "etcd"), Dir: dir})
-	if err != nil {
-		return err
-	}
-	defer etcd.Stop()
-	audit, err := kwokcluster.AuditArgs(dir)
-	if err != nil {
-		return err
-	}
-	server, err := localcluster.StartAPIServer(localcluster.APIServerConfig{Binary: apiserver, Dir: dir, PKI: bundle, Etcd: etcd, Args: audit})
-	if err != nil {
-		return err
-	}
-	defer server.Stop()
+	defer local.Stop()
+	server, cluster := local.APIServer, local.Cluster
 	kubeconfig := filepath.Join(dir, "admin.kubeconfig")
-	if err := bundle.WriteAdminKubeconfig(kubeconfig, server.URL); err != nil {
+	if err := server.PKI.WriteAdminKubeconfig(kubeconfig, server.URL); err != nil {
 		return err
 	}
-	cluster, err := kwokcluster.Start(ctx, kwokcluster.Config{
-		Binaries: kwokcluster.Binaries{
-			Scheduler:         filepath.Join(bin, "kube-scheduler"),
-			ControllerManager: filepath.Join(bin, "kube-controller-manager"),
-			Kwok:              filepath.Join(bin, "kwok"),
-		},
-		Dir:       dir,
-		APIServer: server,
-		Nodes:     nodes,
-	})
-	if err != nil {
-		return err
-	}
-	defer cluster.Stop()
 	fmt.Printf("%s on %s with %d kwok nodes Ready; logs in %s.\n  kubectl --kubeconfig %s get nodes\n", filepath.Base(apiserver), server.URL, nodes, dir, kubeconfig)
 
 	if pods == 0 {
