@@ -33,6 +33,10 @@ func sloClass(m *dto.Metric) string {
 	return ""
 }
 
+// kwokDeployments is how many Deployments the kwok cluster's pods are in:
+// a thousand pods each.
+func (p Params) kwokDeployments() int { return max(1, p.KwokPods/1000) }
+
 // kwokCluster measures one server under a whole simulated cluster: on an
 // etcd and a server of its own (the seeded pods, their nodes missing, would
 // be garbage to its controllers), kube-scheduler, kube-controller-manager
@@ -59,7 +63,7 @@ func (r *Run) kwokCluster(ctx context.Context, run int, name string, dir string,
 	}
 	usage := startUsage(proc.Pid())
 	start := time.Now()
-	workload := kwokcluster.Workload{Namespace: "workload", Deployments: max(1, r.Params.KwokPods/1000), Pods: r.Params.KwokPods, PhaseTimeout: time.Hour}
+	workload := kwokcluster.Workload{Namespace: "workload", Deployments: r.Params.kwokDeployments(), Pods: r.Params.KwokPods, PhaseTimeout: time.Hour}
 	result, err := workload.Run(ctx, proc.Client)
 	if err != nil {
 		return fmt.Errorf("%s: %w (%v)", kwokScenario, err, cluster.Healthy())

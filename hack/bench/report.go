@@ -258,9 +258,15 @@ func (rep *Report) Markdown() string {
 	if len(rep.OursArgs) > 0 {
 		fmt.Fprintf(&b, " with `%s`", strings.Join(rep.OursArgs, " "))
 	}
+	b.WriteString(".\n\n")
 	p := rep.Params
-	fmt.Fprintf(&b, ".\n\nData: %d pods, %d nodes and Leases, %d namespaces, %d app label values (seeded into etcd in %.1fs).\n\n",
-		p.Pods, p.Nodes, p.Namespaces, p.Apps, rep.SeedSeconds)
+	if rep.SeedSeconds > 0 {
+		fmt.Fprintf(&b, "Data: %d pods, %d nodes and Leases, %d namespaces, %d app label values (seeded into etcd in %.1fs).\n\n",
+			p.Pods, p.Nodes, p.Namespaces, p.Apps, rep.SeedSeconds)
+	}
+	if p.KwokPods > 0 {
+		fmt.Fprintf(&b, "Kwok cluster: %d nodes, %d pods in %d Deployments, each server on an etcd of its own.\n\n", p.KwokNodes, p.KwokPods, p.kwokDeployments())
+	}
 	if rep.tuned() {
 		fmt.Fprintf(&b, "Upstream tuned: upstream's binary with `%s` applied (rows of %s only).\n\n", rep.Tuning, tunedScenarios)
 	}
