@@ -90,8 +90,8 @@ func Start(ctx context.Context, c Config) (*Cluster, error) {
 
 func (c *Cluster) start(ctx context.Context) error {
 	s := c.APIServer
-	kubeconfig := func(name, user string, groups ...string) (string, error) {
-		cert, err := s.PKI.EnsureClient(name, user, groups...)
+	kubeconfig := func(name, user string) (string, error) {
+		cert, err := s.PKI.EnsureClient(name, user)
 		if err != nil {
 			return "", err
 		}

@@ -44,6 +44,15 @@ type Request struct {
 	Verb, Resource, Scope, Client string
 }
 
+// adminUser is the user of internal/pki's admin certificate, which the
+// workload and the harness use.
+const adminUser = "kubernetes-admin"
+
+// FromCluster tells whether the request was sent by the cluster (its
+// components, the apiserver's own loopback) rather than by the workload
+// and the harness, whose polling lasts as long as the workload does.
+func (r Request) FromCluster() bool { return !strings.HasPrefix(r.Client, adminUser+" ") }
+
 func (r Request) String() string {
 	return fmt.Sprintf("%s %s (%s) by %s", r.Verb, r.Resource, r.Scope, r.Client)
 }

@@ -40,6 +40,16 @@ func TestCountRequests(t *testing.T) {
 		t.Errorf("counts (-want +got):\n%s", diff)
 	}
 
+	// The workload's polling is not the cluster's.
+	for r := range got {
+		if !r.FromCluster() {
+			t.Errorf("%s: not from the cluster", r)
+		}
+	}
+	if admin := (Request{Verb: "list", Resource: "deployments", Scope: "namespace", Client: "kubernetes-admin (integration.test)"}); admin.FromCluster() {
+		t.Errorf("%s: from the cluster", admin)
+	}
+
 	// A line that is not an audit event names the line.
 	if err := os.WriteFile(path, []byte(lines[0]+"\nnot json\n"), 0o644); err != nil {
 		t.Fatal(err)

@@ -256,16 +256,16 @@ func ensureServiceAccountKeys(keyPath, pubPath string) error {
 	return os.WriteFile(pubPath, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}), 0o644)
 }
 
-// EnsureClient returns the client certificate <name>.crt of user cn in
-// groups orgs, signed by the bundle's CA, creating it if it is missing:
-// the identities of the other control-plane components (kube-scheduler,
+// EnsureClient returns the client certificate <name>.crt of user cn, in no
+// group, signed by the bundle's CA, creating it if it is missing: the
+// identities of the other control-plane components (kube-scheduler,
 // kube-controller-manager) and of simulated agents, which APF does not
 // exempt as it exempts system:masters.
-func (b *Bundle) EnsureClient(name, cn string, orgs ...string) (Pair, error) {
+func (b *Bundle) EnsureClient(name, cn string) (Pair, error) {
 	ca, err := loadCA(b.CA)
 	if err != nil {
 		return Pair{}, err
 	}
 	p := Pair{Cert: filepath.Join(b.Dir, name+".crt"), Key: filepath.Join(b.Dir, name+".key")}
-	return p, ensureLeaf(p, ca, leaf{cn: cn, orgs: orgs})
+	return p, ensureLeaf(p, ca, leaf{cn: cn})
 }

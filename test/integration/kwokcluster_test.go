@@ -37,13 +37,14 @@ func TestKwokClusterRequestsLikeUpstream(t *testing.T) {
 		counts[server.name] = runKwokWorkload(t, server.name, server.binary)
 	}
 
-	// LISTs and WATCHes by resource and scope, all clients together, and by client.
+	// LISTs and WATCHes by resource and scope, all the cluster's clients
+	// together (the workload's polling lasts as long as the workload).
 	type key struct{ verb, resource, scope string }
 	byResource := map[string]map[key]int{}
 	for server, c := range counts {
 		byResource[server] = map[key]int{}
 		for r, n := range c {
-			if r.Verb == "list" || r.Verb == "watch" {
+			if (r.Verb == "list" || r.Verb == "watch") && r.FromCluster() {
 				byResource[server][key{r.Verb, r.Resource, r.Scope}] += n
 			}
 		}

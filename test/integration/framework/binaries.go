@@ -51,12 +51,7 @@ func Bins(t testing.TB) Binaries {
 // missing.
 func ClusterBins(t testing.TB) kwokcluster.Binaries {
 	t.Helper()
-	dir := os.Getenv("BULWARK_BIN_DIR")
-	b := kwokcluster.Binaries{
-		Scheduler:         filepath.Join(dir, "kube-scheduler"),
-		ControllerManager: filepath.Join(dir, "kube-controller-manager"),
-		Kwok:              filepath.Join(dir, "kwok"),
-	}
+	b := kwokcluster.BinariesIn(os.Getenv("BULWARK_BIN_DIR"))
 	for _, p := range []string{b.Scheduler, b.ControllerManager, b.Kwok} {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("missing binary (build with `make cluster-binaries`): %v", err)
