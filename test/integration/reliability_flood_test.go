@@ -77,7 +77,7 @@ func TestFlood(t *testing.T) {
 			if server.name == "bulwark" {
 				before = metricSum(t, metrics(t, s), phase.mechanism)
 			}
-			r := flood(t, s, flooderToken, pods, nodes, sized(15*time.Second, 3*time.Minute), sized(16, 64), phase.userAgent)
+			r := flood(t, s, flooderToken, pods, nodes, sized(15*time.Second, 3*time.Minute), sized(24, 64), phase.userAgent)
 			results[server.name+", "+phase.name] = r
 			prefix := fmt.Sprintf("%s, flood from %s: ", server.name, phase.name)
 			figure(t, prefix+"good clients p99", r.good.quantile(0.99).Seconds()*1000, "ms")
