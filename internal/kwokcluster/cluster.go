@@ -222,7 +222,7 @@ const nodesReadyTimeout = 3 * time.Minute
 func (c *Cluster) waitForReadyNodes(ctx context.Context) error {
 	ready := 0
 	err := wait.PollUntilContextTimeout(ctx, time.Second, nodesReadyTimeout, true, func(ctx context.Context) (bool, error) {
-		if err := c.exited(); err != nil {
+		if err := c.Healthy(); err != nil {
 			return false, err
 		}
 		nodes, err := c.APIServer.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: "type=kwok"})
@@ -245,8 +245,8 @@ func (c *Cluster) waitForReadyNodes(ctx context.Context) error {
 	return nil
 }
 
-// exited returns an error naming a component that has exited.
-func (c *Cluster) exited() error {
+// Healthy returns an error naming a component that has exited.
+func (c *Cluster) Healthy() error {
 	for _, p := range c.processes {
 		select {
 		case <-p.Exited():
@@ -257,8 +257,6 @@ func (c *Cluster) exited() error {
 	return nil
 }
 
-// Healthy returns an error if a component has exited.
-func (c *Cluster) Healthy() error { return c.exited() }
 
 // Stop stops the components, kwok first.
 func (c *Cluster) Stop() error {
