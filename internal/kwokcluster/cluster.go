@@ -257,7 +257,6 @@ func (c *Cluster) Healthy() error {
 	return nil
 }
 
-
 // Stop stops the components, kwok first.
 func (c *Cluster) Stop() error {
 	var errs []error
