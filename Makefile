@@ -148,6 +148,18 @@ KWOK_BENCH_ARGS ?= -kwok-nodes=1000 -kwok-pods=10000
 bench-kwok: binaries cluster-binaries ## Side-by-side on a whole simulated cluster (kwok nodes, scheduler, controller manager): a Deployment workload, one run per server.
 	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" -runs=1 -scenarios='^kwok cluster$$' -plot=false -out=_output/bench-kwok $(KWOK_BENCH_ARGS) $(BENCH_ARGS)
 
+# 1,020,021 objects: 200,000 pods in 20,000 Deployments (with their ReplicaSets, Services and
+# EndpointSlices), 10,000 nodes and Leases, 100,000 ConfigMaps, 100,000 Secrets, 400,000 Events
+# and 100,000 objects of a custom resource, which ours indexes by app label as it does pods.
+MILLION_INDEXES = pods:app,pods:app.kubernetes.io/name,pods:app.kubernetes.io/instance,pods:k8s-app,pods:batch.kubernetes.io/job-name,widgets.bench.bulwark.io:app
+
+.PHONY: bench-million
+bench-million: binaries ## A million objects of every kind a large cluster holds: start, memory, label LISTs, heartbeats, restart with 10,000 watchers.
+	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS) --watch-cache-label-indexes=$(MILLION_INDEXES)" -runs=1 -plot=false -out=_output/bench-million \
+	  -pods=200000 -nodes=10000 -apps=2000 -workloads -configmaps=100000 -secrets=100000 -events=400000 -widgets=100000 \
+	  -restart-watchers=10000 -list-samples=100 -heartbeat-duration=60s \
+	  -scenarios='^(list label cluster-wide rv=""|list widgets label cluster-wide rv=""|heartbeats|restart)$$' $(BENCH_ARGS)
+
 .PHONY: bench-full
 bench-full: binaries ## The scale run: 200,000 pods, 10,000 nodes and watchers.
 	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" -runs=1 -pods=200000 -nodes=10000 -restart-watchers=10000 -slow-watchers=10000 -slow-burst=5000 -watchers=1000 \

@@ -14,6 +14,7 @@
 //
 //	make bench        # quick: 50,000 pods, three runs, under 15 minutes
 //	make bench-full   # scale: 200,000 pods, 10,000 nodes, one run
+//	make bench-million # a million objects of every kind a large cluster holds
 package main
 
 import (
@@ -29,6 +30,8 @@ import (
 
 	"github.com/go-logr/logr"
 	"k8s.io/klog/v2"
+
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 )
 
 func main() {
@@ -47,6 +50,11 @@ func main() {
 	flag.IntVar(&p.Nodes, "nodes", 1000, "nodes (and node Leases) to seed")
 	flag.IntVar(&p.Namespaces, "namespaces", 10, "namespaces the pods spread over")
 	flag.IntVar(&p.Apps, "apps", 500, "distinct values of the app label")
+	flag.BoolVar(&p.Workloads, "workloads", false, "seed each app's pods in a namespace as a Deployment's: Deployment, ReplicaSets, Service, EndpointSlice")
+	flag.IntVar(&p.ConfigMaps, "configmaps", 0, "ConfigMaps to seed (1 KiB each)")
+	flag.IntVar(&p.Secrets, "secrets", 0, "Secrets to seed")
+	flag.IntVar(&p.Events, "events", 0, "Events to seed (pods' starts)")
+	flag.IntVar(&p.Widgets, "widgets", 0, "objects of a custom resource (widgets."+seed.WidgetGroup+") to seed, with its CRD; adds the custom resource's label LIST scenario")
 	flag.IntVar(&p.ListSamples, "list-samples", 30, "requests per LIST scenario (paged LISTs: a tenth)")
 	flag.IntVar(&p.GetSamples, "get-samples", 1000, "requests of the GET scenario")
 	flag.IntVar(&p.Writes, "writes", 1000, "pods created, then updated")

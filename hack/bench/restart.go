@@ -130,7 +130,7 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	ready := time.Now()
 	// A watch started after the old process exited is a re-established
 	// one; the new process serves watches a moment before /readyz says ok.
-	if err := poll(ctx, 3*time.Minute, func() bool { return allWatching(stopped) }); err != nil {
+	if err := poll(ctx, 10*time.Minute, func() bool { return allWatching(stopped) }); err != nil {
 		return nil, fmt.Errorf("watchers re-establishing: %d of %d watching: %w", podwatch.WatchingSince(watchers, stopped), n, err)
 	}
 	var last time.Time

@@ -93,7 +93,7 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	seeded := slices.ContainsFunc(scenarios(r.Params), func(sc scenario) bool { return r.Filter.MatchString(sc.name) })
 	kwok := r.Params.KwokPods > 0 && r.Filter.MatchString(kwokScenario)
 	if seeded {
-		logf("seeding %d pods, %d nodes and Leases, %d namespaces into etcd", r.Params.Pods, r.Params.Nodes, r.Params.Namespaces)
+		logf("seeding %d objects (%d pods, %d nodes and Leases, %d namespaces) into etcd", r.Params.Count(), r.Params.Pods, r.Params.Nodes, r.Params.Namespaces)
 		took, err := seedData(ctx, etcd.ClientURL, r.Params.Data)
 		if err != nil {
 			return nil, fmt.Errorf("seed: %w", err)
@@ -173,7 +173,7 @@ func (r *Run) measure(ctx context.Context, run int, name string, bundle *pki.Bun
 	if s.http, err = httpClient(s.cfg, goodUserAgent); err != nil {
 		return err
 	}
-	if err := warmUp(ctx, s); err != nil {
+	if err := warmUp(ctx, s, r.Params); err != nil {
 		return err
 	}
 	if s.flooder, err = flooderConfig(ctx, s.cfg); err != nil {
@@ -257,12 +257,27 @@ func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc 
 	return nil
 }
 
-// warmUp waits until the watch caches the scenarios read are filled: a
-// fresh apiserver is ready before its caches are, and a measurement that
-// includes a cache's start is a measurement of the start.
-func warmUp(ctx context.Context, s *server) error {
-	for _, path := range []string{"/api/v1/pods", "/api/v1/nodes", "/apis/coordination.k8s.io/v1/leases"} {
-		err := poll(ctx, 3*time.Minute, func() bool {
+// warmUp waits until the watch caches of the seeded resources are filled:
+// a fresh apiserver is ready before its caches are, and a measurement that
+// includes a cache's start is a measurement of the start. (Events have no
+// watch cache, on either server.)
+func warmUp(ctx context.Context, s *server, p Params) error {
+	paths := []string{"/api/v1/pods", "/api/v1/nodes", "/apis/coordination.k8s.io/v1/leases"}
+	if p.Workloads {
+		paths = append(paths, "/apis/apps/v1/deployments", "/apis/apps/v1/replicasets", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices")
+	}
+	if p.ConfigMaps > 0 {
+		paths = append(paths, "/api/v1/configmaps")
+	}
+	if p.Secrets > 0 {
+		paths = append(paths, "/api/v1/secrets")
+	}
+	if p.Widgets > 0 {
+		// A custom resource's watch cache starts at its first request.
+		paths = append(paths, widgetsPath)
+	}
+	for _, path := range paths {
+		err := poll(ctx, 10*time.Minute, func() bool {
 			_, _, err := timed(ctx, s.http, http.MethodGet, s.url+path+"?limit=1&resourceVersion=0", goodUserAgent, "", nil)
 			return err == nil
 		})

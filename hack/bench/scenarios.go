@@ -81,20 +81,25 @@ func scenarios(p Params) []scenario {
 			return v.Encode()
 		}
 		out = append(out,
-			listScenario("list label cluster-wide"+suffix, p.ListSamples, func(i int) string {
+			listScenario("list label cluster-wide"+suffix, "pods", p.ListSamples, func(i int) string {
 				return "/api/v1/pods?" + q(url.Values{"labelSelector": {"app=" + seed.AppName(i*7%p.Apps)}})
 			}),
-			listScenario("list label namespaced"+suffix, p.ListSamples, func(i int) string {
+			listScenario("list label namespaced"+suffix, "pods", p.ListSamples, func(i int) string {
 				return "/api/v1/namespaces/" + seed.NamespaceName(i%p.Namespaces) + "/pods?" + q(url.Values{"labelSelector": {"app=" + seed.AppName(i*7%p.Apps)}})
 			}),
-			listScenario("list spec.nodeName"+suffix, p.ListSamples, func(i int) string {
+			listScenario("list spec.nodeName"+suffix, "pods", p.ListSamples, func(i int) string {
 				return "/api/v1/pods?" + q(url.Values{"fieldSelector": {"spec.nodeName=" + seed.NodeName(i*13%p.Nodes)}})
 			}),
 			pagedListScenario("list namespace limit=500"+suffix, rv, max(p.ListSamples/10, 5), p),
 		)
 	}
+	if p.Widgets > 0 {
+		out = append(out, listScenario("list widgets label cluster-wide rv=\"\"", seed.WidgetResource, p.ListSamples, func(i int) string {
+			return widgetsPath + "?" + url.Values{"labelSelector": {"app=" + seed.AppName(i*7%p.Apps)}}.Encode()
+		}))
+	}
 	return append(out,
-		listScenario("list label set cluster-wide rv=\"\"", p.ListSamples, func(i int) string {
+		listScenario("list label set cluster-wide rv=\"\"", "pods", p.ListSamples, func(i int) string {
 			set := "app in (" + seed.AppName(i*7%p.Apps) + "," + seed.AppName((i*7+1)%p.Apps) + "," + seed.AppName((i*7+2)%p.Apps) + ")"
 			return "/api/v1/pods?" + url.Values{"labelSelector": {set}}.Encode()
 		}),
@@ -117,7 +122,12 @@ func scenarios(p Params) []scenario {
 	)
 }
 
-func listScenario(name string, samples int, path func(i int) string) scenario {
+// widgetsPath lists the custom resource of seed.Data.Widgets.
+const widgetsPath = "/apis/" + seed.WidgetGroup + "/v1/" + seed.WidgetResource
+
+// listScenario GETs the paths one after the other; resource names the
+// server-side latency in apiserver_request_duration_seconds.
+func listScenario(name, resource string, samples int, path func(i int) string) scenario {
 	return scenario{name: name, run: func(ctx context.Context, s *server, p Params) (*measurement, error) {
 		var l Latencies
 		for i := range samples {
@@ -127,7 +137,7 @@ func listScenario(name string, samples int, path func(i int) string) scenario {
 			}
 			l = append(l, d)
 		}
-		return &measurement{latencies: map[string]Latencies{"latency": l}, serverKey: "LIST pods"}, nil
+		return &measurement{latencies: map[string]Latencies{"latency": l}, serverKey: "LIST " + resource}, nil
 	}}
 }
 

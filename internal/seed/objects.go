@@ -19,12 +19,38 @@ import (
 // Data is the shape of a seeded cluster: pods spread over namespaces, nodes
 // and apps (each app's pods in every namespace, so that a namespaced label
 // LIST returns a slice of what the cluster-wide one returns), nodes with
-// their Leases.
+// their Leases; optionally what else a large cluster holds.
 type Data struct {
 	Pods, Nodes, Namespaces, Apps int
 	// PodAnnotationBytes, if set, adds an annotation of that size to every
 	// pod (as a last-applied-configuration would).
 	PodAnnotationBytes int
+	// Workloads makes each app's pods in a namespace a Deployment's: the
+	// Deployment, its ReplicaSet owning the pods and an older one scaled to
+	// zero, a Service selecting them and its EndpointSlice.
+	Workloads bool
+	// ConfigMaps, Secrets and Events, spread over the namespaces; the
+	// Events are those pods' starts leave.
+	ConfigMaps, Secrets, Events int
+	// Widgets are objects of a custom resource (WidgetCRD, stored with
+	// them), spread over the namespaces, labelled by app as pods are.
+	Widgets int
+}
+
+// Count is the number of objects Objects yields.
+func (d Data) Count() int {
+	n := 2*d.Namespaces + 2*d.Nodes + d.Pods + d.ConfigMaps + d.Secrets + d.Events + d.Widgets
+	if d.Widgets > 0 {
+		n++
+	}
+	if d.Workloads {
+		for ns := range d.Namespaces {
+			for a := range d.Apps {
+				n += 4 + max(1, (len(d.podsOf(ns, a))+endpointsPerSlice-1)/endpointsPerSlice)
+			}
+		}
+	}
+	return n
 }
 
 // The names every object of Data is derived from.
@@ -37,9 +63,13 @@ func PodName(i int) string       { return fmt.Sprintf("pod-%d", i) }
 func (d Data) PodNamespace(i int) int { return (i / max(1, d.Apps)) % d.Namespaces }
 
 // Objects are the namespaces (with their default service accounts), the
-// nodes with their Leases, and the pods, at creation time now.
+// nodes with their Leases, the workloads, the pods and the other objects
+// Data asks for, at creation time now.
 func (d Data) Objects(now metav1.Time) iter.Seq[Object] {
 	return func(yield func(Object) bool) {
+		if d.Widgets > 0 && !yield(Object{"/registry/apiextensions.k8s.io/customresourcedefinitions/" + WidgetResource + "." + WidgetGroup, WidgetCRD(now)}) {
+			return
+		}
 		for i := range d.Namespaces {
 			name := NamespaceName(i)
 			if !yield(Object{"/registry/namespaces/" + name, Namespace(name, now)}) ||
@@ -53,8 +83,40 @@ func (d Data) Objects(now metav1.Time) iter.Seq[Object] {
 				return
 			}
 		}
+		if d.Workloads {
+			for o := range d.workloadObjects(now) {
+				if !yield(o) {
+					return
+				}
+			}
+		}
 		for p := range d.PodObjects(now) {
 			if !yield(p) {
+				return
+			}
+		}
+		payload := strings.Repeat("x", 1024)
+		for i := range d.ConfigMaps {
+			cm := configMap(fmt.Sprintf("config-%d", i), NamespaceName(i%d.Namespaces), payload, now)
+			if !yield(Object{"/registry/configmaps/" + cm.Namespace + "/" + cm.Name, cm}) {
+				return
+			}
+		}
+		for i := range d.Secrets {
+			s := d.Secret(i, now)
+			if !yield(Object{"/registry/secrets/" + s.Namespace + "/" + s.Name, s}) {
+				return
+			}
+		}
+		for i := range d.Events {
+			e := d.Event(i, now)
+			if !yield(Object{"/registry/events/" + e.Namespace + "/" + e.Name, e}) {
+				return
+			}
+		}
+		for i := range d.Widgets {
+			w := d.Widget(i, now)
+			if !yield(Object{fmt.Sprintf("/registry/%s/%s/%s/%s", WidgetGroup, WidgetResource, w.GetNamespace(), w.GetName()), w}) {
 				return
 			}
 		}
@@ -83,12 +145,7 @@ func ConfigMaps(namespace, prefix string, n, size int, now metav1.Time) iter.Seq
 	return func(yield func(Object) bool) {
 		for i := range n {
 			name := fmt.Sprintf("%s-%d", prefix, i)
-			cm := &corev1.ConfigMap{
-				TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
-				ObjectMeta: objectMeta(name, namespace, now),
-				Data:       map[string]string{"payload": payload},
-			}
-			if !yield(Object{"/registry/configmaps/" + namespace + "/" + name, cm}) {
+			if !yield(Object{"/registry/configmaps/" + namespace + "/" + name, configMap(name, namespace, payload, now)}) {
 				return
 			}
 		}
@@ -112,6 +169,14 @@ func CustomObjects(gvk schema.GroupVersionKind, resource, namespace string, n in
 				return
 			}
 		}
+	}
+}
+
+func configMap(name, namespace, payload string, now metav1.Time) *corev1.ConfigMap {
+	return &corev1.ConfigMap{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
+		ObjectMeta: objectMeta(name, namespace, now),
+		Data:       map[string]string{"payload": payload},
 	}
 }
 
@@ -184,33 +249,16 @@ func Lease(i int, now metav1.Time) *coordinationv1.Lease {
 // storage (protobuf), 1.5 KiB as JSON.
 func (d Data) Pod(i int, now metav1.Time) *corev1.Pod {
 	app := AppName(i % d.Apps)
+	spec := podTemplate(app).Spec
+	spec.NodeName = NodeName(i % d.Nodes)
 	p := &corev1.Pod{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
 		ObjectMeta: objectMeta(PodName(i), NamespaceName(d.PodNamespace(i)), now),
-		Spec: corev1.PodSpec{
-			NodeName: NodeName(i % d.Nodes),
-			Containers: []corev1.Container{{
-				Name:  "main",
-				Image: "registry.example/" + app + ":v1",
-				Ports: []corev1.ContainerPort{{ContainerPort: 8080, Protocol: corev1.ProtocolTCP}},
-				Resources: corev1.ResourceRequirements{
-					Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
-				},
-				Env:                      []corev1.EnvVar{{Name: "APP", Value: app}},
-				TerminationMessagePath:   "/dev/termination-log",
-				TerminationMessagePolicy: corev1.TerminationMessageReadFile,
-				ImagePullPolicy:          corev1.PullIfNotPresent,
-			}},
-			RestartPolicy:                 corev1.RestartPolicyAlways,
-			DNSPolicy:                     corev1.DNSClusterFirst,
-			SchedulerName:                 corev1.DefaultSchedulerName,
-			TerminationGracePeriodSeconds: ptr.To[int64](30),
-			ServiceAccountName:            "default",
-		},
+		Spec:       spec,
 		Status: corev1.PodStatus{
 			Phase:     corev1.PodRunning,
-			HostIP:    fmt.Sprintf("192.0.%d.%d", (i%d.Nodes)/256, (i%d.Nodes)%256),
-			PodIP:     fmt.Sprintf("10.%d.%d.%d", 64+(i/65536)%64, (i/256)%256, i%256),
+			HostIP:    d.hostIP(i),
+			PodIP:     podIP(i),
 			StartTime: &now,
 			Conditions: []corev1.PodCondition{
 				{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
@@ -225,7 +273,12 @@ func (d Data) Pod(i int, now metav1.Time) *corev1.Pod {
 			QOSClass: corev1.PodQOSBurstable,
 		},
 	}
-	p.Labels = map[string]string{"app": app, "pod-template-hash": fmt.Sprintf("%08x", hash(app)), "tier": []string{"frontend", "backend", "cache"}[i%3]}
+	p.Labels = map[string]string{"app": app, "pod-template-hash": podTemplateHash(app), "tier": []string{"frontend", "backend", "cache"}[i%3]}
+	if d.Workloads {
+		rs := objectMeta(replicaSetName(i%d.Apps), p.Namespace, now)
+		p.OwnerReferences = controllerRef("apps/v1", "ReplicaSet", rs)
+		p.GenerateName = rs.Name + "-"
+	}
 	if d.PodAnnotationBytes > 0 {
 		p.Annotations = map[string]string{"note": strings.Repeat("n", d.PodAnnotationBytes)}
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 )
@@ -50,5 +51,61 @@ func TestEncoding(t *testing.T) {
 		if o.Key != "/registry/example.com/widgets/default/w-0" || !bytes.HasPrefix(data, []byte(`{"apiVersion":"example.com/v1","kind":"Widget"`)) {
 			t.Errorf("custom object %s: %s", o.Key, data)
 		}
+	}
+}
+
+// TestLargeClusterData: every kind a large cluster holds is stored in its
+// encoding, Count counts what Objects yields, a pod is owned by its app's
+// current ReplicaSet and listed in its Service's EndpointSlice.
+func TestLargeClusterData(t *testing.T) {
+	d := Data{Pods: 250, Nodes: 7, Namespaces: 2, Apps: 1, Workloads: true, ConfigMaps: 3, Secrets: 4, Events: 9, Widgets: 5}
+	now := Now()
+	kinds := map[string]int{}
+	for o := range d.Objects(now) {
+		data, err := encode(o.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kind := o.Object.GetObjectKind().GroupVersionKind().Kind
+		kinds[kind]++
+		if _, ok := o.Object.(*unstructured.Unstructured); ok {
+			if !bytes.HasPrefix(data, []byte(`{"apiVersion":`)) {
+				t.Errorf("%s: not JSON", o.Key)
+			}
+			continue
+		}
+		if _, err := runtime.Decode(protobufCodec, data); err != nil {
+			t.Errorf("%s: %v", o.Key, err)
+		}
+	}
+	want := map[string]int{
+		"Namespace": 2, "ServiceAccount": 2, "Node": 7, "Lease": 7, "Pod": 250,
+		"Deployment": 2, "ReplicaSet": 4, "Service": 2, "EndpointSlice": 4, // 125 pods a namespace: two slices
+		"ConfigMap": 3, "Secret": 4, "Event": 9, "CustomResourceDefinition": 1, "Widget": 5,
+	}
+	total := 0
+	for kind, n := range want {
+		total += n
+		if kinds[kind] != n {
+			t.Errorf("%d %s, want %d", kinds[kind], kind, n)
+		}
+	}
+	if got := d.Count(); got != total {
+		t.Errorf("Count() = %d, Objects yields %d", got, total)
+	}
+
+	pod := d.Pod(3, now)
+	rs := d.ReplicaSet(d.Deployment(d.PodNamespace(3), 0, now), replicaSetName(0), 125, now)
+	if len(pod.OwnerReferences) != 1 || pod.OwnerReferences[0].UID != rs.UID || pod.Labels["pod-template-hash"] != rs.Labels["pod-template-hash"] {
+		t.Errorf("pod owned by %+v, want ReplicaSet %s", pod.OwnerReferences, rs.UID)
+	}
+	found := false
+	for _, s := range d.EndpointSlices(d.PodNamespace(3), 0, now) {
+		for _, e := range s.Endpoints {
+			found = found || (e.TargetRef.UID == pod.UID && e.Addresses[0] == pod.Status.PodIP && *e.NodeName == pod.Spec.NodeName)
+		}
+	}
+	if !found {
+		t.Errorf("pod %s is in no EndpointSlice of its Service", pod.Name)
 	}
 }
