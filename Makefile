@@ -148,8 +148,8 @@ KWOK_BENCH_ARGS ?= -kwok-nodes=1000 -kwok-pods=10000
 bench-kwok: binaries cluster-binaries ## Side-by-side on a whole simulated cluster (kwok nodes, scheduler, controller manager): a Deployment workload, one run per server.
 	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" -runs=1 -scenarios='^kwok cluster$$' -plot=false -out=_output/bench-kwok $(KWOK_BENCH_ARGS) $(BENCH_ARGS)
 
-# 1,020,021 objects: 200,000 pods in 20,000 Deployments (with their ReplicaSets, Services and
-# EndpointSlices), 10,000 nodes and Leases, 100,000 ConfigMaps, 100,000 Secrets, 400,000 Events
+# 1,040,021 objects: 200,000 pods in 20,000 Deployments (with their ReplicaSets, Services,
+# IPAddresses and EndpointSlices), 10,000 nodes and Leases, 100,000 ConfigMaps, 100,000 Secrets, 400,000 Events
 # and 100,000 objects of a custom resource, which ours indexes by app label as it does pods.
 MILLION_INDEXES = pods:app,pods:app.kubernetes.io/name,pods:app.kubernetes.io/instance,pods:k8s-app,pods:batch.kubernetes.io/job-name,widgets.bench.bulwark.io:app
 

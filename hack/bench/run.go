@@ -17,6 +17,7 @@ import (
 
 	"github.com/bulwark-k8s/bulwark/internal/localcluster"
 	"github.com/bulwark-k8s/bulwark/internal/pki"
+	"github.com/bulwark-k8s/bulwark/internal/seed"
 )
 
 // Run is one benchmark: one data set, both servers, measured Runs times
@@ -153,6 +154,10 @@ func (r *Run) measure(ctx context.Context, run int, name string, bundle *pki.Bun
 		// apiserver is configured: otherwise the open watches hold the stop
 		// for the HTTP server's shutdown timeout (60 s), on both servers.
 		"--shutdown-watch-termination-grace-period=10s",
+	}
+	if r.Params.Workloads {
+		// The seeded Services' cluster IPs are in it.
+		args = append(args, "--service-cluster-ip-range="+seed.ServiceCIDR)
 	}
 	if name == "ours" {
 		args = append(args, r.OursArgs...)

@@ -27,7 +27,7 @@ type Data struct {
 	PodAnnotationBytes int
 	// Workloads makes each app's pods in a namespace a Deployment's: the
 	// Deployment, its ReplicaSet owning the pods and an older one scaled to
-	// zero, a Service selecting them and its EndpointSlice.
+	// zero, a Service selecting them (in ServiceCIDR) and its EndpointSlice.
 	Workloads bool
 	// ConfigMaps, Secrets and Events, spread over the namespaces; the
 	// Events are those pods' starts leave.
@@ -46,7 +46,7 @@ func (d Data) Count() int {
 	if d.Workloads {
 		for ns := range d.Namespaces {
 			for a := range d.Apps {
-				n += 4 + max(1, (len(d.podsOf(ns, a))+endpointsPerSlice-1)/endpointsPerSlice)
+				n += 5 + max(1, (len(d.podsOf(ns, a))+endpointsPerSlice-1)/endpointsPerSlice)
 			}
 		}
 	}

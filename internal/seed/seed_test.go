@@ -80,7 +80,7 @@ func TestLargeClusterData(t *testing.T) {
 	}
 	want := map[string]int{
 		"Namespace": 2, "ServiceAccount": 2, "Node": 7, "Lease": 7, "Pod": 250,
-		"Deployment": 2, "ReplicaSet": 4, "Service": 2, "EndpointSlice": 4, // 125 pods a namespace: two slices
+		"Deployment": 2, "ReplicaSet": 4, "Service": 2, "IPAddress": 2, "EndpointSlice": 4, // 125 pods a namespace: two slices
 		"ConfigMap": 3, "Secret": 4, "Event": 9, "CustomResourceDefinition": 1, "Widget": 5,
 	}
 	total := 0

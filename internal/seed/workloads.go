@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -29,7 +30,8 @@ const endpointsPerSlice = 100
 
 // workloadObjects are, for each app in each namespace, its Deployment,
 // the Deployment's current ReplicaSet (which owns the pods) and an older
-// one scaled to zero, its Service and the Service's EndpointSlices.
+// one scaled to zero, its Service (with its cluster IP's IPAddress) and
+// the Service's EndpointSlices.
 func (d Data) workloadObjects(now metav1.Time) iter.Seq[Object] {
 	return func(yield func(Object) bool) {
 		for ns := range d.Namespaces {
@@ -41,6 +43,7 @@ func (d Data) workloadObjects(now metav1.Time) iter.Seq[Object] {
 					{"/registry/replicasets/" + namespace + "/" + replicaSetName(a), d.ReplicaSet(dep, replicaSetName(a), *dep.Spec.Replicas, now)},
 					{"/registry/replicasets/" + namespace + "/" + app + "-old", d.ReplicaSet(dep, app+"-old", 0, now)},
 					{"/registry/services/specs/" + namespace + "/" + app, d.Service(ns, a, now)},
+					{"/registry/ipaddresses/" + d.serviceIP(ns, a), d.IPAddress(ns, a, now)},
 				}
 				for _, s := range d.EndpointSlices(ns, a, now) {
 					objects = append(objects, Object{"/registry/endpointslices/" + namespace + "/" + s.Name, s})
@@ -170,11 +173,22 @@ func (d Data) ReplicaSet(dep *appsv1.Deployment, name string, replicas int32, no
 	return rs
 }
 
+// ServiceCIDR holds the Services' cluster IPs (kubeadm's default); a
+// server given the Services of Data.Workloads needs it as its
+// --service-cluster-ip-range. Its first address is the kubernetes
+// Service's, its first 256 are left to the server.
+const ServiceCIDR = "10.96.0.0/12"
+
+// serviceIP is the cluster IP of app a's Service in namespace ns.
+func (d Data) serviceIP(ns, a int) string {
+	n := 256 + ns*d.Apps + a
+	return fmt.Sprintf("10.%d.%d.%d", 96+n/65536, (n/256)%256, n%256)
+}
+
 // Service is app a's ClusterIP Service in namespace ns.
 func (d Data) Service(ns, a int, now metav1.Time) *corev1.Service {
 	app := AppName(a)
-	n := ns*d.Apps + a
-	ip := fmt.Sprintf("10.%d.%d.%d", 96+n/65536, (n/256)%256, n%256)
+	ip := d.serviceIP(ns, a)
 	s := &corev1.Service{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Service"},
 		ObjectMeta: objectMeta(app, NamespaceName(ns), now),
@@ -192,6 +206,18 @@ func (d Data) Service(ns, a int, now metav1.Time) *corev1.Service {
 	}
 	s.Labels = map[string]string{"app": app}
 	return s
+}
+
+// IPAddress is the allocation of app a's Service's cluster IP, as the
+// apiserver's allocator stores it.
+func (d Data) IPAddress(ns, a int, now metav1.Time) *networkingv1.IPAddress {
+	ip := &networkingv1.IPAddress{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "IPAddress"},
+		ObjectMeta: objectMeta(d.serviceIP(ns, a), "", now),
+		Spec:       networkingv1.IPAddressSpec{ParentRef: &networkingv1.ParentReference{Resource: "services", Namespace: NamespaceName(ns), Name: AppName(a)}},
+	}
+	ip.Labels = map[string]string{networkingv1.LabelIPAddressFamily: string(corev1.IPv4Protocol), networkingv1.LabelManagedBy: "ipallocator.k8s.io"}
+	return ip
 }
 
 // EndpointSlices are the EndpointSlices of app a's Service in namespace
