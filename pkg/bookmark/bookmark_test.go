@@ -24,6 +24,7 @@ import (
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/apiserver/pkg/apis/example"
 	examplev1 "k8s.io/apiserver/pkg/apis/example/v1"
+	apirequest "k8s.io/apiserver/pkg/endpoints/request"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
 	"k8s.io/apiserver/pkg/storage"
 	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
@@ -511,6 +512,47 @@ func TestUnparsableResourceVersion(t *testing.T) {
 	}
 	if !apierrors.IsBadRequest(err) {
 		t.Errorf("watch from resourceVersion abc: %v, want BadRequest", err)
+	}
+}
+
+// serverShutdownSignal is the apiserver's signal of having stopped
+// accepting new requests, which its watch filter puts in a watch's context.
+type serverShutdownSignal chan struct{}
+
+func (s serverShutdownSignal) ShuttingDown() <-chan struct{} { return s }
+
+// TestWatchWhileShuttingDown: once the server stops accepting new requests
+// (it ends the open watches then), a new watch gets 429 with a Retry-After,
+// which a reflector retries, not a watch that ends at once with nothing,
+// after which it relists; before that, and for a plain watch too, watches
+// are served.
+func TestWatchWhileShuttingDown(t *testing.T) {
+	e := startEtcd(t)
+	s, _ := e.newStorage(t, newManager(t, Config{Interval: time.Second}))
+	rv := put(t, s, pod("ns", "p", nil))
+	signal := make(serverShutdownSignal)
+	ctx := apirequest.WithServerShutdownSignal(context.Background(), signal)
+	for _, bookmarks := range []bool{true, false} {
+		opts := watchOpts(rv, "")
+		opts.Predicate.AllowWatchBookmarks = bookmarks
+		w, err := s.Watch(ctx, prefix, opts)
+		if err != nil {
+			t.Fatalf("bookmarks %v, before the shutdown: %v", bookmarks, err)
+		}
+		w.Stop()
+	}
+	close(signal)
+	for _, bookmarks := range []bool{true, false} {
+		opts := watchOpts(rv, "")
+		opts.Predicate.AllowWatchBookmarks = bookmarks
+		w, err := s.Watch(ctx, prefix, opts)
+		if err == nil {
+			w.Stop()
+			t.Fatalf("bookmarks %v: a watch started while the server shuts down", bookmarks)
+		}
+		if seconds, ok := apierrors.SuggestsClientDelay(err); !apierrors.IsTooManyRequests(err) || !ok || seconds < 1 {
+			t.Errorf("bookmarks %v: %v, want 429 with a Retry-After", bookmarks, err)
+		}
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/watch"
+	apirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/storage"
 	"k8s.io/klog/v2"
 )
@@ -37,12 +38,15 @@ func (s *bookmarkingStorage) Unwrap() storage.Interface { return s.Interface }
 // from before the cache's start. A watch that takes no bookmarks, or with
 // no bookmark interval set, and that the history does not serve, is the
 // watch cache's own: nothing of this package stands between it and the
-// client.
+// client. While the server shuts down, no watch starts (shuttingDown).
 func (s *bookmarkingStorage) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
 	// Upstream's watch cache reports a resourceVersion that is not a number
 	// as an internal error (500); the mistake is the client's.
 	if _, err := s.Versioner().ParseResourceVersion(opts.ResourceVersion); err != nil {
 		return nil, apierrors.NewBadRequest(err.Error())
+	}
+	if shuttingDown(ctx) {
+		return nil, apierrors.NewTooManyRequests("the apiserver is shutting down", 1)
 	}
 	var replay []watch.Event
 	var replayedTo uint64
@@ -74,6 +78,29 @@ func (s *bookmarkingStorage) Watch(ctx context.Context, key string, opts storage
 		w.run(seg, replay)
 	}()
 	return w, nil
+}
+
+// shuttingDown tells whether the server has stopped accepting new requests
+// (its graceful termination ends the open watches then). Upstream turns
+// the watches that come after that away, retriably, once it waits for the
+// open ones to drain, and serves those that come in between by ending them
+// at once: a watch that ends within a second with no event is one
+// client-go's reflectors relist after ("very short watch"), so each watch
+// of a reflector whose previous watch the termination just ended could cost
+// a LIST. Turned away with 429 and a Retry-After, as the watch cache turns
+// away a watch it cannot serve yet, the reflector retries the watch (on
+// the restarted server, or another one) from where it was.
+func shuttingDown(ctx context.Context) bool {
+	signal := apirequest.ServerShutdownSignalFrom(ctx)
+	if signal == nil {
+		return false
+	}
+	select {
+	case <-signal.ShuttingDown():
+		return true
+	default:
+		return false
+	}
 }
 
 // stopped tells whether the storage was destroyed: its watch cache is
