@@ -98,11 +98,13 @@ func main() {
 		fail(err)
 	}
 	report, err := run.Execute(ctx)
-	if err != nil {
-		fail(err)
+	if report != nil {
+		report.Print(os.Stdout)
+		if err := report.Write(*out, *plot); err != nil {
+			fail(err)
+		}
 	}
-	report.Print(os.Stdout)
-	if err := report.Write(*out, *plot); err != nil {
+	if err != nil {
 		fail(err)
 	}
 }

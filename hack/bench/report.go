@@ -74,7 +74,10 @@ type Report struct {
 	Versions    map[string]string `json:"versions"`
 	SeedSeconds float64           `json:"seedSeconds"`
 	Seconds     float64           `json:"seconds"`
-	Rows        []*Row            `json:"rows"`
+	// Failed marks the report of a run a scenario failed: it holds what
+	// was measured before.
+	Failed bool   `json:"failed,omitempty"`
+	Rows   []*Row `json:"rows"`
 
 	runs    int
 	samples map[[2]string]map[string]Latencies
@@ -124,6 +127,13 @@ func (rep *Report) summarize() {
 		r.Upstream, r.Ours, r.Tuned = median(r.Runs["upstream"]), median(r.Runs["ours"]), median(r.Runs[tunedUpstream])
 		r.Ratio, r.TunedRatio = ratios(r.Runs["ours"], r.Runs["upstream"]), ratios(r.Runs["ours"], r.Runs[tunedUpstream])
 	}
+}
+
+// partial summarizes what a run that failed measured, with Failed set.
+func (rep *Report) partial() *Report {
+	rep.Failed = true
+	rep.summarize()
+	return rep
 }
 
 // median is the median of the figures taken, nil if none was.
@@ -253,6 +263,9 @@ func (rep *Report) Markdown() string {
 		orders[i] = strings.Join(o, ", ")
 	}
 	fmt.Fprintf(&b, "Run %s, commit %s, %d run(s) in %.1f minutes, in the orders: %s.\n\n", rep.Time, rep.Commit, rep.runs, rep.Seconds/60, strings.Join(orders, "; "))
+	if rep.Failed {
+		b.WriteString("**The run failed** (see its log); the table holds what it measured before.\n\n")
+	}
 	fmt.Fprintf(&b, "Machine: %s, %d cores, %d GiB, Linux %s, %s.\n\n", rep.Machine.CPU, rep.Machine.Cores, rep.Machine.MemoryGiB, rep.Machine.Kernel, rep.Machine.Go)
 	fmt.Fprintf(&b, "Servers: upstream `%s`, ours `%s`", rep.Versions["upstream"], rep.Versions["ours"])
 	if len(rep.OursArgs) > 0 {
@@ -261,8 +274,8 @@ func (rep *Report) Markdown() string {
 	b.WriteString(".\n\n")
 	p := rep.Params
 	if rep.SeedSeconds > 0 {
-		fmt.Fprintf(&b, "Data: %d pods, %d nodes and Leases, %d namespaces, %d app label values (seeded into etcd in %.1fs).\n\n",
-			p.Pods, p.Nodes, p.Namespaces, p.Apps, rep.SeedSeconds)
+		fmt.Fprintf(&b, "Data: %d objects: %d pods, %d nodes and Leases, %d namespaces, %d app label values (seeded into etcd in %.1fs).\n\n",
+			p.Count(), p.Pods, p.Nodes, p.Namespaces, p.Apps, rep.SeedSeconds)
 	}
 	if p.KwokPods > 0 {
 		fmt.Fprintf(&b, "Kwok cluster: %d nodes, %d pods in %d Deployments, each server on an etcd of its own.\n\n", p.KwokNodes, p.KwokPods, p.kwokDeployments())

@@ -82,11 +82,13 @@ const restartSettle = 10 * time.Second
 // while they idle and what their recovery costs: relists, the time until
 // every watch is back, and the apiserver's and etcd's work meanwhile.
 func restartScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
+	began := time.Now()
 	watchers, stop, err := startKubeletWatchers(ctx, s, p)
 	if err != nil {
 		return nil, err
 	}
 	defer stop()
+	initialSync := time.Since(began)
 	n := len(watchers)
 	allWatching := func(since time.Time) bool { return podwatch.WatchingSince(watchers, since) == n }
 	idleBefore, err := processUsage(s.proc.Pid())
@@ -130,7 +132,7 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	ready := time.Now()
 	// A watch started after the old process exited is a re-established
 	// one; the new process serves watches a moment before /readyz says ok.
-	if err := poll(ctx, 10*time.Minute, func() bool { return allWatching(stopped) }); err != nil {
+	if err := poll(ctx, watchersTimeout(n), func() bool { return allWatching(stopped) }); err != nil {
 		return nil, fmt.Errorf("watchers re-establishing: %d of %d watching: %w", podwatch.WatchingSince(watchers, stopped), n, err)
 	}
 	var last time.Time
@@ -161,6 +163,7 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	return &measurement{
 		values: []namedValue{
 			{"watchers", "count", float64(n)},
+			{"initial sync of every watcher", "s", initialSync.Seconds()},
 			{"pods changed before the restart", "count", float64(len(changed))},
 			{"apiserver CPU per minute while watching", "s", (idleAfter.CPUSeconds - idleBefore.CPUSeconds) * float64(time.Minute) / float64(restartSettle)},
 			{"410 Gone received by watchers", "count", float64(gone)},

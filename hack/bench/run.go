@@ -63,7 +63,8 @@ func (r *Run) binary(name string) string {
 	return filepath.Join(r.BinDir, map[string]string{"upstream": "kube-apiserver-upstream", "ours": "kube-apiserver"}[name])
 }
 
-// Execute seeds the data and measures every scenario on both servers.
+// Execute seeds the data and measures every scenario on both servers. If
+// a scenario fails, the report holds what was measured before it.
 func (r *Run) Execute(ctx context.Context) (*Report, error) {
 	// Server and etcd logs and data stay in Out/work until the next run,
 	// for a look after a surprising number.
@@ -105,6 +106,7 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 
 	servers := r.Order
 	start := time.Now()
+	defer func() { report.Seconds = time.Since(start).Seconds() }()
 	for run := range r.Runs {
 		logf("run %d of %d: %s", run+1, r.Runs, strings.Join(servers, ", "))
 		report.Orders = append(report.Orders, servers)
@@ -114,21 +116,20 @@ func (r *Run) Execute(ctx context.Context) (*Report, error) {
 			}
 			if seeded {
 				if err := r.measure(ctx, run, name, bundle, etcd, dir, report); err != nil {
-					return nil, fmt.Errorf("run %d, %s: %w", run+1, name, err)
+					return report.partial(), fmt.Errorf("run %d, %s: %w", run+1, name, err)
 				}
 			}
 		}
 		for _, name := range servers {
 			if kwok {
 				if err := r.kwokCluster(ctx, run, name, dir, report); err != nil {
-					return nil, fmt.Errorf("run %d, %s: %w", run+1, name, err)
+					return report.partial(), fmt.Errorf("run %d, %s: %w", run+1, name, err)
 				}
 			}
 		}
 		servers = slices.Clone(servers)
 		slices.Reverse(servers)
 	}
-	report.Seconds = time.Since(start).Seconds()
 	report.summarize()
 	return report, nil
 }
