@@ -132,7 +132,7 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	ready := time.Now()
 	// A watch started after the old process exited is a re-established
 	// one; the new process serves watches a moment before /readyz says ok.
-	if err := poll(ctx, watchersTimeout(n), func() bool { return allWatching(stopped) }); err != nil {
+	if err := pollServing(ctx, s, watchersTimeout(n), func() bool { return allWatching(stopped) }); err != nil {
 		return nil, fmt.Errorf("watchers re-establishing: %d of %d watching: %w", podwatch.WatchingSince(watchers, stopped), n, err)
 	}
 	var last time.Time
@@ -199,6 +199,26 @@ func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
 		}
 	}
 	return nil
+}
+
+// pollServing polls as poll does, and fails as soon as the server's
+// process has exited (its figure: the machine could not hold it).
+func pollServing(ctx context.Context, s *server, timeout time.Duration, cond func() bool) error {
+	exited := s.proc.Exited()
+	var gone error
+	err := poll(ctx, timeout, func() bool {
+		select {
+		case <-exited:
+			gone = fmt.Errorf("%s exited: %v", s.name, s.proc.ExitError())
+			return true
+		default:
+			return cond()
+		}
+	})
+	if gone != nil {
+		return gone
+	}
+	return err
 }
 
 // etcdRangeCount reads etcd's count of range (read) requests.

@@ -237,7 +237,7 @@ func startWatchers(ctx context.Context, s *server, watchers []*podwatch.Watcher,
 		}
 		return n == len(watchers)
 	}
-	if err := poll(ctx, watchersTimeout(len(watchers)), synced); err != nil {
+	if err := pollServing(ctx, s, watchersTimeout(len(watchers)), synced); err != nil {
 		stop()
 		return nil, fmt.Errorf("initial sync of %d watchers: %w", len(watchers), err)
 	}

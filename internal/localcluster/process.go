@@ -53,6 +53,13 @@ func StartProcess(name, logPath, bin string, args ...string) (*Process, error) {
 // Exited is closed when the process has exited.
 func (p *Process) Exited() <-chan struct{} { return p.exited }
 
+// ExitError is how the process ended ("signal: killed" for the kernel's
+// OOM killer), once Exited is closed.
+func (p *Process) ExitError() error {
+	<-p.exited
+	return p.err
+}
+
 // Pid is the process id.
 func (p *Process) Pid() int { return p.cmd.Process.Pid }
 

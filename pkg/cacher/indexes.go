@@ -133,7 +133,8 @@ func (x Indexes) Decorate(decorate generic.StorageDecorator) generic.StorageDeco
 		for _, served := range []string{"index", "scan"} {
 			setSelectorLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource, served)
 		}
-		indexed := &indexedStorage{Interface: s, resource: config.GroupResource, prefix: resourcePrefix, labels: labels, fields: fields, keyFunc: keyFunc, newList: newListFunc}
+		indexedStreamingLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource)
+		indexed := &indexedStorage{Interface: s, resource: config.GroupResource, prefix: resourcePrefix, labels: labels, fields: fields, keyFunc: keyFunc, newFunc: newFunc, newList: newListFunc}
 		ctx, stopReporting := context.WithCancel(context.Background())
 		go indexed.reportIndexSizes(ctx, indexCensusInterval)
 		return indexed, func() {
@@ -175,7 +176,8 @@ func fieldValue(getAttrs storage.AttrFunc, field string) cache.IndexFunc {
 }
 
 // indexedStorage tells the watch cache which labels and fields it may look
-// up by index, and serves label set selectors by one lookup per value.
+// up by index, serves label set selectors by one lookup per value, and
+// streaming lists by an index.
 type indexedStorage struct {
 	storage.Interface
 	resource schema.GroupResource
@@ -183,6 +185,7 @@ type indexedStorage struct {
 	labels   []string
 	fields   []string
 	keyFunc  func(runtime.Object) (string, error)
+	newFunc  func() runtime.Object
 	newList  func() runtime.Object
 }
 
@@ -190,11 +193,7 @@ type indexedStorage struct {
 func (s *indexedStorage) Unwrap() storage.Interface { return s.Interface }
 
 func (s *indexedStorage) GetList(ctx context.Context, key string, opts storage.ListOptions, listObj runtime.Object) error {
-	opts.Predicate.IndexLabels = s.labels
-	if len(s.fields) > 0 {
-		// The registry's own (spec.nodeName for pods) first, as upstream consults them.
-		opts.Predicate.IndexFields = append(slices.Clip(opts.Predicate.IndexFields), s.fields...)
-	}
+	opts.Predicate = s.withIndexes(opts.Predicate)
 	if lookup, ok := s.findSetLookup(ctx, opts); ok {
 		served, firstRV, err := s.listSet(ctx, key, opts, lookup, listObj)
 		if served {

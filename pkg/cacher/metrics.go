@@ -16,6 +16,14 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource", "served"})
 
+	indexedStreamingLists = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch_cache",
+		Name:           "indexed_streaming_lists_total",
+		Help:           "Watches with initial events (streaming lists) whose selector an index serves, answered by an indexed LIST and a watch from its resourceVersion instead of a filter of every object of the resource.",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource"})
+
 	indexEntries = metrics.NewGaugeVec(&metrics.GaugeOpts{
 		Namespace:      "bulwark",
 		Subsystem:      "watch_cache",
@@ -39,6 +47,6 @@ var (
 // which /metrics serves.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(setSelectorLists, indexEntries, indexMemory)
+		legacyregistry.MustRegister(setSelectorLists, indexedStreamingLists, indexEntries, indexMemory)
 	})
 }

@@ -1,0 +1,141 @@
+package cacher
+
+import (
+	"context"
+	"sync"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/apiserver/pkg/storage"
+)
+
+// Watch serves a streaming list (a watch with initial events, which
+// client-go's reflectors send instead of a LIST since Kubernetes 1.35)
+// whose selector an index serves by an indexed LIST and a watch from its
+// resourceVersion. Upstream's watch cache filters its initial events from
+// every object of the resource: a kubelet's streaming list of its node's
+// pods reads all of the cluster's, and 10,000 of them at once (every kubelet
+// after the apiserver answered their watches 410) hold as many copies of
+// the whole resource's events until each is filtered. Every other watch is
+// the watch cache's.
+func (s *indexedStorage) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
+	if opts.SendInitialEvents == nil || !*opts.SendInitialEvents ||
+		(opts.Predicate.ShardSelector != nil && !opts.Predicate.ShardSelector.Empty()) {
+		return s.Interface.Watch(ctx, key, opts)
+	}
+	// A cache that is not ready would send the LIST to etcd; its watch
+	// answers as upstream's does (429 while it fills).
+	if indexed := s.withIndexes(opts.Predicate); len(indexed.MatcherIndex(ctx)) == 0 || s.ReadinessCheck() != nil {
+		return s.Interface.Watch(ctx, key, opts)
+	}
+	listOpts := storage.ListOptions{ResourceVersion: opts.ResourceVersion, Predicate: opts.Predicate, Recursive: opts.Recursive}
+	if opts.ResourceVersion != "" {
+		// "" is the latest (a consistent read), as for the watch.
+		listOpts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
+	}
+	list := s.newList()
+	if err := s.GetList(ctx, key, listOpts, list); err != nil {
+		return nil, err
+	}
+	listRV, err := meta.ListAccessor(list)
+	if err != nil {
+		return nil, err
+	}
+	initial, err := meta.ExtractList(list)
+	if err != nil {
+		return nil, err
+	}
+	var end runtime.Object
+	if opts.Predicate.AllowWatchBookmarks {
+		// The bookmark that ends the initial events, as the watch cache's.
+		if end, err = initialEventsEnd(s.newFunc(), s.Versioner(), listRV.GetResourceVersion()); err != nil {
+			return nil, err
+		}
+	}
+	after := opts
+	after.SendInitialEvents, after.ResourceVersion, after.ResourceVersionMatch = nil, listRV.GetResourceVersion(), ""
+	w, err := s.Interface.Watch(ctx, key, after)
+	if err != nil {
+		return nil, err
+	}
+	indexedStreamingLists.WithLabelValues(s.resource.Group, s.resource.Resource).Inc()
+	sl := &streamingList{inner: w, result: make(chan watch.Event), done: make(chan struct{})}
+	go sl.run(initial, end)
+	return sl, nil
+}
+
+// withIndexes tells a selection which indexes it may be served by: the
+// registry's own and ours.
+func (s *indexedStorage) withIndexes(p storage.SelectionPredicate) storage.SelectionPredicate {
+	p.IndexLabels = s.labels
+	if len(s.fields) > 0 {
+		// The registry's own (spec.nodeName for pods) first, as upstream consults them.
+		p.IndexFields = append(p.IndexFields[:len(p.IndexFields):len(p.IndexFields)], s.fields...)
+	}
+	return p
+}
+
+// initialEventsEnd is the bookmark that ends a streaming list's initial
+// events at resourceVersion rv.
+func initialEventsEnd(obj runtime.Object, versioner storage.Versioner, rv string) (runtime.Object, error) {
+	v, err := versioner.ParseResourceVersion(rv)
+	if err != nil {
+		return nil, err
+	}
+	if err := versioner.UpdateObject(obj, v); err != nil {
+		return nil, err
+	}
+	m, err := meta.Accessor(obj)
+	if err != nil {
+		return nil, err
+	}
+	m.SetAnnotations(map[string]string{metav1.InitialEventsAnnotationKey: "true"})
+	return obj, nil
+}
+
+// streamingList sends the initial objects as ADDED events, then the
+// bookmark that ends them, then the events of the watch from their
+// resourceVersion; it ends when that watch ends or it is stopped.
+type streamingList struct {
+	inner    watch.Interface
+	result   chan watch.Event
+	done     chan struct{}
+	stopOnce sync.Once
+}
+
+func (w *streamingList) ResultChan() <-chan watch.Event { return w.result }
+
+func (w *streamingList) Stop() {
+	w.stopOnce.Do(func() {
+		close(w.done)
+		w.inner.Stop()
+	})
+}
+
+func (w *streamingList) run(initial []runtime.Object, end runtime.Object) {
+	defer close(w.result)
+	defer w.Stop()
+	send := func(e watch.Event) bool {
+		select {
+		case w.result <- e:
+			return true
+		case <-w.done:
+			return false
+		}
+	}
+	for _, obj := range initial {
+		if !send(watch.Event{Type: watch.Added, Object: obj}) {
+			return
+		}
+	}
+	if end != nil && !send(watch.Event{Type: watch.Bookmark, Object: end}) {
+		return
+	}
+	for e := range w.inner.ResultChan() {
+		if !send(e) {
+			return
+		}
+	}
+}

@@ -1,0 +1,189 @@
+package cacher
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/apiserver/pkg/apis/example"
+	"k8s.io/apiserver/pkg/storage"
+	"k8s.io/utils/ptr"
+)
+
+// TestStreamingLists: a streaming list whose selector an index serves
+// (served by an indexed LIST and a watch from its resourceVersion) sends
+// what the watch cache's own sends — the same initial objects, the bookmark
+// that ends them at the same resourceVersion, then the same events — for
+// each resourceVersion a client may start from; one no index serves is the
+// watch cache's.
+func TestStreamingLists(t *testing.T) {
+	RegisterMetrics()
+	s := newIndexedStorage(t)
+	indexed := s.(*indexedStorage)
+	ctx := context.Background()
+	create := func(i int) string {
+		pod := &example.Pod{ObjectMeta: metav1.ObjectMeta{
+			Namespace: fmt.Sprintf("ns-%d", i%2),
+			Name:      fmt.Sprintf("pod-%02d", i),
+			Labels:    map[string]string{"app": fmt.Sprintf("a%d", i%3)},
+		}}
+		if i%4 == 0 {
+			pod.Status.Phase = "Running"
+		}
+		out := &example.Pod{}
+		key, _ := indexed.keyFunc(pod)
+		if err := s.Create(ctx, key, pod, out, 0); err != nil {
+			t.Fatal(err)
+		}
+		return out.ResourceVersion
+	}
+	var middle string
+	for i := range 40 {
+		if rv := create(i); i == 20 {
+			middle = rv
+		}
+	}
+
+	// late is a pod each case selects, created and deleted after the
+	// initial events.
+	tests := []struct {
+		name, key, label, field, resourceVersion string
+		late                                     metav1.ObjectMeta
+		indexed                                  bool
+	}{
+		{name: "label, latest", key: "/pods/", label: "app=a1", late: lateIn("ns-0", "a1"), indexed: true},
+		{name: "label, any", key: "/pods/", label: "app=a1", resourceVersion: "0", late: lateIn("ns-1", "a1"), indexed: true},
+		{name: "label, not older than", key: "/pods/", label: "app=a2", resourceVersion: middle, late: lateIn("ns-0", "a2"), indexed: true},
+		{name: "field", key: "/pods/", field: "status.phase=Running", late: lateIn("ns-1", "a0"), indexed: true},
+		{name: "namespaced label", key: "/pods/ns-1", label: "app=a0", late: lateIn("ns-1", "a0"), indexed: true},
+		{name: "label and more", key: "/pods/", label: "app=a1,tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1"), indexed: true},
+		{name: "no index", key: "/pods/", label: "tier!=x", late: lateIn("ns-0", "a2")},
+		{name: "set", key: "/pods/", label: "app in (a0,a1)", late: lateIn("ns-0", "a0")},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			opts := storage.ListOptions{
+				ResourceVersion:      tt.resourceVersion,
+				ResourceVersionMatch: metav1.ResourceVersionMatchNotOlderThan,
+				SendInitialEvents:    ptr.To(true),
+				Recursive:            true,
+				Predicate: storage.SelectionPredicate{
+					Label: labels.Everything(), Field: fields.Everything(),
+					GetAttrs: examplePodAttrs, AllowWatchBookmarks: true,
+				},
+			}
+			var err error
+			if tt.label != "" {
+				if opts.Predicate.Label, err = labels.Parse(tt.label); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.field != "" {
+				if opts.Predicate.Field, err = fields.ParseSelector(tt.field); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ours, err := s.Watch(ctx, tt.key, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ours.Stop()
+			if _, served := ours.(*streamingList); served != tt.indexed {
+				t.Fatalf("served by an index: %v, want %v", served, tt.indexed)
+			}
+			theirs, err := indexed.Interface.Watch(ctx, tt.key, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer theirs.Stop()
+			want, got := initialEvents(t, theirs), initialEvents(t, ours)
+			if !slices.Equal(got, want) {
+				t.Errorf("initial events\n got %v\nwant %v", got, want)
+			}
+			if len(want) < 2 {
+				t.Fatalf("the case selects nothing: %v", want)
+			}
+			// Then the same events.
+			pod := &example.Pod{ObjectMeta: tt.late}
+			pod.Name = fmt.Sprintf("late-%d", i)
+			pod.Status.Phase = "Running"
+			key, _ := indexed.keyFunc(pod)
+			if err := s.Create(ctx, key, pod, &example.Pod{}, 0); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Delete(ctx, key, &example.Pod{}, nil, storage.ValidateAllObjectFunc, nil, storage.DeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := events(t, ours, 2), events(t, theirs, 2); !slices.Equal(got, want) {
+				t.Errorf("events after the initial ones\n got %v\nwant %v", got, want)
+			}
+		})
+	}
+}
+
+func lateIn(namespace, app string) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Namespace: namespace, Labels: map[string]string{"app": app}}
+}
+
+// initialEvents reads a streaming list's events up to the bookmark that
+// ends the initial ones, as "TYPE name@resourceVersion".
+func initialEvents(t *testing.T, w watch.Interface) []string {
+	t.Helper()
+	var events []string
+	for {
+		e := next(t, w)
+		m, err := meta.Accessor(e.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Type == watch.Bookmark {
+			if m.GetAnnotations()[metav1.InitialEventsAnnotationKey] != "true" {
+				continue
+			}
+			return append(events, fmt.Sprintf("END@%s", m.GetResourceVersion()))
+		}
+		events = append(events, fmt.Sprintf("%s %s/%s@%s", e.Type, m.GetNamespace(), m.GetName(), m.GetResourceVersion()))
+	}
+}
+
+// events reads n events other than bookmarks.
+func events(t *testing.T, w watch.Interface, n int) []string {
+	t.Helper()
+	var events []string
+	for len(events) < n {
+		e := next(t, w)
+		if e.Type == watch.Bookmark {
+			continue
+		}
+		m, err := meta.Accessor(e.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		events = append(events, fmt.Sprintf("%s %s/%s@%s", e.Type, m.GetNamespace(), m.GetName(), m.GetResourceVersion()))
+	}
+	return events
+}
+
+func next(t *testing.T, w watch.Interface) watch.Event {
+	t.Helper()
+	select {
+	case e, ok := <-w.ResultChan():
+		if !ok {
+			t.Fatal("the watch ended")
+		}
+		if e.Type == watch.Error {
+			t.Fatalf("error event: %v", e.Object)
+		}
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+		return watch.Event{}
+	}
+}
