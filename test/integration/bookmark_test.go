@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
+	clientfeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	watchtools "k8s.io/client-go/tools/watch"
@@ -81,6 +82,13 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 	}
 	defer cancel()
 	waitUntil(t, time.Minute, "reflectors watching", func() bool { return podwatch.WatchingSince(watchers, time.Time{}) == resumeNodes })
+	// Their streaming lists (client-go's default) were served through
+	// the spec.nodeName index, not a filter of every pod (docs/cacher.md).
+	if clientfeatures.FeatureGates().Enabled(clientfeatures.WatchListClient) {
+		if n := metricSum(t, metrics(t, server), "bulwark_watch_cache_indexed_streaming_lists_total"); n < resumeNodes {
+			t.Errorf("%v streaming lists served through an index, want the %d reflectors'", n, resumeNodes)
+		}
+	}
 
 	seed := uint64(time.Now().UnixNano())
 	if v := os.Getenv("BULWARK_SEED"); v != "" {
