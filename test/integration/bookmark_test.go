@@ -81,7 +81,7 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 		defer func(done <-chan struct{}) { <-done }(watchers[i].Start(ctx, client))
 	}
 	defer cancel()
-	waitUntil(t, time.Minute, "reflectors watching", func() bool { return podwatch.WatchingSince(watchers, time.Time{}) == resumeNodes })
+	waitUntil(t, time.Minute, "reflectors synced", func() bool { return allSynced(watchers) })
 	// Their streaming lists (client-go's default) were served through
 	// the spec.nodeName index, not a filter of every pod (docs/cacher.md).
 	if clientfeatures.FeatureGates().Enabled(clientfeatures.WatchListClient) {

@@ -78,7 +78,7 @@ func TestWatchesResumeWhileTheStartHistoryIsRead(t *testing.T) {
 			}
 			defer stopWatching()
 			waitUntil(t, 2*time.Minute, "reflectors synced", func() bool {
-				return podwatch.WatchingSince(ws, time.Time{}) == watchers && allSynced(ws)
+				return allSynced(ws)
 			})
 			var gone, relists int64
 			for _, restart := range []string{"graceful", "SIGKILL"} {
