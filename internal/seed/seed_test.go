@@ -95,7 +95,7 @@ func TestLargeClusterData(t *testing.T) {
 	}
 
 	pod := d.Pod(3, now)
-	rs := d.ReplicaSet(d.Deployment(d.PodNamespace(3), 0, now), replicaSetName(0), 125, now)
+	rs := ReplicaSet(d.Deployment(d.PodNamespace(3), 0, now), replicaSetName(0), 125, now)
 	if len(pod.OwnerReferences) != 1 || pod.OwnerReferences[0].UID != rs.UID || pod.Labels["pod-template-hash"] != rs.Labels["pod-template-hash"] {
 		t.Errorf("pod owned by %+v, want ReplicaSet %s", pod.OwnerReferences, rs.UID)
 	}

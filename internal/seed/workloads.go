@@ -40,8 +40,8 @@ func (d Data) workloadObjects(now metav1.Time) iter.Seq[Object] {
 				dep := d.Deployment(ns, a, now)
 				objects := []Object{
 					{"/registry/deployments/" + namespace + "/" + app, dep},
-					{"/registry/replicasets/" + namespace + "/" + replicaSetName(a), d.ReplicaSet(dep, replicaSetName(a), *dep.Spec.Replicas, now)},
-					{"/registry/replicasets/" + namespace + "/" + app + "-old", d.ReplicaSet(dep, app+"-old", 0, now)},
+					{"/registry/replicasets/" + namespace + "/" + replicaSetName(a), ReplicaSet(dep, replicaSetName(a), *dep.Spec.Replicas, now)},
+					{"/registry/replicasets/" + namespace + "/" + app + "-old", ReplicaSet(dep, app+"-old", 0, now)},
 					{"/registry/services/specs/" + namespace + "/" + app, d.Service(ns, a, now)},
 					{"/registry/ipaddresses/" + d.serviceIP(ns, a), d.IPAddress(ns, a, now)},
 				}
@@ -143,7 +143,7 @@ func (d Data) Deployment(ns, a int, now metav1.Time) *appsv1.Deployment {
 }
 
 // ReplicaSet is one of dep's ReplicaSets, of the given size.
-func (d Data) ReplicaSet(dep *appsv1.Deployment, name string, replicas int32, now metav1.Time) *appsv1.ReplicaSet {
+func ReplicaSet(dep *appsv1.Deployment, name string, replicas int32, now metav1.Time) *appsv1.ReplicaSet {
 	app := dep.Name
 	hash := podTemplateHash(app)
 	revision := "2"

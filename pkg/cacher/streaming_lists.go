@@ -2,6 +2,7 @@ package cacher
 
 import (
 	"context"
+	"slices"
 	"sync"
 
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -72,7 +73,7 @@ func (s *indexedStorage) withIndexes(p storage.SelectionPredicate) storage.Selec
 	p.IndexLabels = s.labels
 	if len(s.fields) > 0 {
 		// The registry's own (spec.nodeName for pods) first, as upstream consults them.
-		p.IndexFields = append(p.IndexFields[:len(p.IndexFields):len(p.IndexFields)], s.fields...)
+		p.IndexFields = append(slices.Clip(p.IndexFields), s.fields...)
 	}
 	return p
 }
