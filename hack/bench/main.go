@@ -45,6 +45,7 @@ func main() {
 		plot     = flag.Bool("plot", true, "draw latency distributions to PNG")
 		extraArg = flag.String("ours-args", "", "extra flags for our server, space-separated")
 		tuning   = flag.String("upstream-tuning", "hack/bench/apf-confine-node-agent.yaml", "API Priority and Fairness objects an operator applies to upstream against the flooder; its scenarios run a third time, on upstream tuned with them (empty: not)")
+		profile  = flag.Duration("cpu-profile", 0, "take a CPU profile of the apiserver over the first this long of each scenario, into the output directory's profiles/ (0: none)")
 	)
 	flag.IntVar(&p.Pods, "pods", 50000, "pods to seed")
 	flag.IntVar(&p.Nodes, "nodes", 1000, "nodes (and node Leases) to seed")
@@ -93,6 +94,7 @@ func main() {
 		Runs:     *runs,
 		OursArgs: splitArgs(*extraArg),
 		Tuning:   *tuning,
+		Profile:  *profile,
 	}
 	if run.Order, err = order(*first, filepath.Join(*out, "last-first")); err != nil {
 		fail(err)

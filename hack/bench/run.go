@@ -37,6 +37,10 @@ type Run struct {
 	// tunedScenarios are measured a third time, on upstream with them
 	// applied after its own scenarios.
 	Tuning string
+	// Profile is how long a CPU profile of the server is taken from the
+	// start of each scenario (0: none), for a pprof diff of the two
+	// servers on the same run.
+	Profile time.Duration
 }
 
 // tunedUpstream names upstream with Run.Tuning applied.
@@ -229,8 +233,12 @@ func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc 
 		return err
 	}
 	usage := startUsage(s.proc.Pid())
+	profiled := r.startProfile(ctx, run, name, s, sc.name)
 	m, err := sc.run(ctx, s, r.Params)
 	u := usage.Stop()
+	if perr := <-profiled; perr != nil {
+		logf("%s: %s: CPU profile: %v", name, sc.name, perr)
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", sc.name, err)
 	}
@@ -261,6 +269,29 @@ func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc 
 	report.add(run, sc.name, "apiserver CPU", "s", name, u.CPUSeconds)
 	report.add(run, sc.name, "apiserver peak RSS", "MiB", name, u.PeakRSSMiB)
 	return nil
+}
+
+// startProfile takes a CPU profile of the server for r.Profile into
+// Out/profiles/<run>-<scenario>-<server>.pprof; the channel gives its error
+// when it is written (at once when r.Profile is 0).
+func (r *Run) startProfile(ctx context.Context, run int, name string, s *server, scenario string) <-chan error {
+	done := make(chan error, 1)
+	if r.Profile == 0 {
+		done <- nil
+		return done
+	}
+	file := filepath.Join(r.Out, "profiles", fmt.Sprintf("%d-%s-%s.pprof", run+1, regexp.MustCompile(`[^a-zA-Z0-9.]+`).ReplaceAllString(scenario, "_"), name))
+	go func() {
+		url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", s.url, int(math.Ceil(r.Profile.Seconds())))
+		_, body, err := timed(ctx, s.http, http.MethodGet, url, goodUserAgent, "", nil)
+		if err == nil {
+			if err = os.MkdirAll(filepath.Dir(file), 0o755); err == nil {
+				err = os.WriteFile(file, body, 0o644)
+			}
+		}
+		done <- err
+	}()
+	return done
 }
 
 // warmUp waits until the watch caches of the seeded resources are filled:

@@ -43,7 +43,7 @@ type testEtcd struct {
 	client *clientv3.Client
 }
 
-func startEtcd(t *testing.T) testEtcd {
+func startEtcd(t testing.TB) testEtcd {
 	scheme := runtime.NewScheme()
 	metav1.AddToGroupVersion(scheme, metav1.SchemeGroupVersion)
 	utilruntime.Must(example.AddToScheme(scheme))
@@ -57,7 +57,7 @@ func startEtcd(t *testing.T) testEtcd {
 
 // newStorage builds what the apiserver builds for a resource: upstream's
 // StorageWithCacher, decorated by m; it returns once the cache is filled.
-func (e testEtcd) newStorage(t *testing.T, m *Manager) (storage.Interface, factory.DestroyFunc) {
+func (e testEtcd) newStorage(t testing.TB, m *Manager) (storage.Interface, factory.DestroyFunc) {
 	t.Helper()
 	config := e.config.ForResource(schema.GroupResource{Resource: "pods"})
 	config.EventsHistoryWindow = cacherstorage.DefaultEventFreshDuration
@@ -83,7 +83,7 @@ func podAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
 	return labels.Set(pod.Labels), fields.Set{"metadata.name": pod.Name, "metadata.namespace": pod.Namespace, "spec.nodeName": pod.Spec.NodeName}, nil
 }
 
-func newManager(t *testing.T, config Config) *Manager {
+func newManager(t testing.TB, config Config) *Manager {
 	t.Helper()
 	RegisterMetrics()
 	m, err := NewManager(config)
@@ -94,7 +94,7 @@ func newManager(t *testing.T, config Config) *Manager {
 }
 
 // put creates or replaces a pod and returns its resourceVersion.
-func put(t *testing.T, s storage.Interface, pod *example.Pod) uint64 {
+func put(t testing.TB, s storage.Interface, pod *example.Pod) uint64 {
 	t.Helper()
 	key, _ := storage.NamespaceKeyFunc(prefix, pod)
 	out := &example.Pod{}
@@ -117,7 +117,7 @@ func remove(t *testing.T, s storage.Interface, namespace, name string) uint64 {
 	return rvOf(t, out)
 }
 
-func rvOf(t *testing.T, obj runtime.Object) uint64 {
+func rvOf(t testing.TB, obj runtime.Object) uint64 {
 	t.Helper()
 	o, err := meta.Accessor(obj)
 	if err != nil {

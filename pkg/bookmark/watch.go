@@ -307,8 +307,16 @@ func (w *resumingWatch) served() {
 // watch ends there, as the cache ended its watcher, and holds nothing
 // meanwhile but the buffer.
 func (w *resumingWatch) send(event watch.Event) bool {
-	// One timer per watch, reset for each event (Go 1.23 timers: no stale
-	// expiry is left in its channel).
+	// A client that keeps up finds room in the buffer: no timer to set
+	// then, for every event of every watch.
+	select {
+	case w.result <- event:
+		w.delivered = true
+		return true
+	default:
+	}
+	// One timer per watch, reset each time the buffer is full (Go 1.23
+	// timers: no stale expiry is left in its channel).
 	if w.stalled == nil {
 		w.stalled = time.NewTimer(w.storage.window)
 	} else {
