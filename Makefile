@@ -141,6 +141,18 @@ BENCH_OURS_ARGS ?= --user-agent-limits-config=$(CURDIR)/hack/bench/throttle-floo
 bench: binaries ## Side-by-side benchmark against upstream, quick: 50,000 pods, three runs in alternating order (about 15 minutes).
 	go run ./hack/bench -ours-args="$(BENCH_OURS_ARGS)" $(BENCH_ARGS)
 
+# The rows no feature of ours touches, each side a copy of our binary with the same flags:
+# what the harness reads as a difference between two identical servers on this machine.
+NOISE_SCENARIOS = ^(get pod|create pods|update pods|watch fan-out|list spec.nodeName)
+
+.PHONY: bench-noise
+bench-noise: binaries ## The bench's noise floor: ours against a copy of itself in upstream's place, five runs of the rows no feature touches.
+	mkdir -p _output/bench-noise/bin
+	cp _output/bin/kube-apiserver _output/bin/etcd _output/bench-noise/bin/
+	cp _output/bin/kube-apiserver _output/bench-noise/bin/kube-apiserver-upstream
+	go run ./hack/bench -bin-dir=_output/bench-noise/bin -out=_output/bench-noise -upstream-tuning= -plot=false -runs=5 \
+	  -get-samples=5000 -writes=3000 -list-samples=200 -fanout-updates=30 -scenarios='$(NOISE_SCENARIOS)' $(BENCH_ARGS)
+
 # Quick: 1,000 nodes and 10,000 pods; KWOK_BENCH_ARGS="-kwok-nodes=5000 -kwok-pods=50000" for the full size.
 KWOK_BENCH_ARGS ?= -kwok-nodes=1000 -kwok-pods=10000
 

@@ -270,6 +270,10 @@ func stormScenario(ctx context.Context, s *server, p Params) (*measurement, erro
 	if err != nil {
 		return nil, err
 	}
+	shedBefore, err := scrapeShed(ctx, s)
+	if err != nil {
+		return nil, err
+	}
 	var (
 		mu       sync.Mutex
 		served   Latencies
@@ -305,6 +309,13 @@ func stormScenario(ctx context.Context, s *server, p Params) (*measurement, erro
 	elapsed := time.Since(start)
 	stopGood()
 	m := good.measurement(elapsed)
+	shedAfter, err := scrapeShed(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, level := range []string{"soft", "hard"} {
+		m.values = append(m.values, namedValue{"requests shed as overloaded (" + level + ")", "count", shedAfter[level] - shedBefore[level]})
+	}
 	m.latencies["storm client served after"] = served
 	m.values = append(m.values,
 		namedValue{"storm clients served", "count", float64(len(served))},
@@ -313,6 +324,20 @@ func stormScenario(ctx context.Context, s *server, p Params) (*measurement, erro
 		namedValue{"storm duration", "s", elapsed.Seconds()},
 	)
 	return m, nil
+}
+
+// scrapeShed reads how many requests Bulwark's overload shedding has
+// answered 429, by level (none on upstream).
+func scrapeShed(ctx context.Context, s *server) (map[string]float64, error) {
+	shed := map[string]float64{}
+	for _, level := range []string{"soft", "hard"} {
+		n, err := scrapeCounter(ctx, s.cfg, "bulwark_overload_shed_requests_total", map[string]string{"level": level})
+		if err != nil {
+			return nil, err
+		}
+		shed[level] = n
+	}
+	return shed, nil
 }
 
 func getOK(ctx context.Context, client *http.Client, url string) error {
