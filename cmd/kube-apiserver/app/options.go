@@ -21,10 +21,8 @@ const flagSectionName = "bulwark"
 
 // Overload-shedding defaults; docs/filters.md gives the measurements behind them.
 const (
-	defaultSoftInflight         = 2000
-	defaultHardInflight         = 4000
-	defaultSoftSchedulerLatency = 250 * time.Millisecond
-	defaultHardSchedulerLatency = time.Second
+	defaultSoftInflight = 2000
+	defaultHardInflight = 4000
 	// defaultLargeListMinBytes: 20,000 pods of a typical size.
 	defaultLargeListMinBytes = 32 << 20
 )
@@ -63,10 +61,12 @@ func NewOptions() *Options {
 		EmbeddedEtcd:      embeddedetcd.Config{DataDir: "bulwark.etcd"}.WithDefaults(),
 		CacheNotReadyGate: true,
 		Overload: filters.OverloadConfig{
-			SoftInflight:         defaultSoftInflight,
-			HardInflight:         defaultHardInflight,
-			SoftSchedulerLatency: defaultSoftSchedulerLatency,
-			HardSchedulerLatency: defaultHardSchedulerLatency,
+			SoftInflight: defaultSoftInflight,
+			HardInflight: defaultHardInflight,
+			// The scheduler-latency signal is off: it shed good clients'
+			// requests during reconnect storms and write bursts, where the
+			// CPU went to TLS handshakes or the watch cache, not to the
+			// requests it turned away (docs/filters.md).
 		},
 		// One per CPU: a LIST of a whole large resource keeps a core busy
 		// encoding tens of megabytes.
@@ -169,9 +169,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.Int64Var(&o.Overload.HardInflight, "overload-hard-inflight", o.Overload.HardInflight,
 		"Requests in flight above which new requests get 429 and their connection is closed (GOAWAY on HTTP/2), so clients move to another replica. 0 disables.")
 	fs.DurationVar(&o.Overload.SoftSchedulerLatency, "overload-soft-scheduler-latency", o.Overload.SoftSchedulerLatency,
-		"99th percentile Go scheduler latency over the last second above which new requests get 429. 0 disables.")
+		"99th percentile Go scheduler latency, sustained for 3s, above which new requests get 429 (e.g. 250ms). 0 disables.")
 	fs.DurationVar(&o.Overload.HardSchedulerLatency, "overload-hard-scheduler-latency", o.Overload.HardSchedulerLatency,
-		"Scheduler latency above which new requests get 429 and their connection is closed. 0 disables.")
+		"Scheduler latency above which new requests get 429 and their connection is closed (e.g. 1s). 0 disables.")
 	fs.IntVar(&o.MaxConcurrentLargeLists, "max-concurrent-large-lists", o.MaxConcurrentLargeLists,
 		"LISTs of a whole large resource (cluster-wide, no selector, no limit of 500 or less; see --large-list-min-bytes) served at once "+
 			"(default: one per CPU, at least 2), whoever sends them; one more waits up to 1s for its turn, then gets 429. 0 does not bound them.")
