@@ -271,6 +271,9 @@ func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc 
 	return nil
 }
 
+// notInFileName is what a scenario's name becomes "_" for in a file name.
+var notInFileName = regexp.MustCompile(`[^a-zA-Z0-9.]+`)
+
 // startProfile takes a CPU profile of the server for r.Profile into
 // Out/profiles/<run>-<scenario>-<server>.pprof; the channel gives its error
 // when it is written (at once when r.Profile is 0).
@@ -280,7 +283,7 @@ func (r *Run) startProfile(ctx context.Context, run int, name string, s *server,
 		done <- nil
 		return done
 	}
-	file := filepath.Join(r.Out, "profiles", fmt.Sprintf("%d-%s-%s.pprof", run+1, regexp.MustCompile(`[^a-zA-Z0-9.]+`).ReplaceAllString(scenario, "_"), name))
+	file := filepath.Join(r.Out, "profiles", fmt.Sprintf("%d-%s-%s.pprof", run+1, notInFileName.ReplaceAllString(scenario, "_"), name))
 	go func() {
 		url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", s.url, int(math.Ceil(r.Profile.Seconds())))
 		_, body, err := timed(ctx, s.http, http.MethodGet, url, goodUserAgent, "", nil)
