@@ -228,9 +228,12 @@ func Node(i int, now metav1.Time) *corev1.Node {
 			NodeInfo:    corev1.NodeSystemInfo{KubeletVersion: "v1.37.2", OperatingSystem: "linux", Architecture: "amd64", ContainerRuntimeVersion: "containerd://2.1.0"},
 		},
 	}
-	n.Labels = map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux", "topology.kubernetes.io/zone": fmt.Sprintf("zone-%d", i%3)}
+	n.Labels = map[string]string{"kubernetes.io/hostname": n.Name, "kubernetes.io/os": "linux", "topology.kubernetes.io/zone": nodeZone(i)}
 	return n
 }
+
+// nodeZone is the i-th node's zone.
+func nodeZone(i int) string { return fmt.Sprintf("zone-%d", i%3) }
 
 // Lease is the i-th node's Lease in kube-node-lease.
 func Lease(i int, now metav1.Time) *coordinationv1.Lease {
@@ -243,44 +246,4 @@ func Lease(i int, now metav1.Time) *coordinationv1.Lease {
 			RenewTime:            &metav1.MicroTime{Time: now.Time},
 		},
 	}
-}
-
-// Pod is the i-th pod, a typical Deployment pod: about 750 bytes in
-// storage (protobuf), 1.5 KiB as JSON.
-func (d Data) Pod(i int, now metav1.Time) *corev1.Pod {
-	app := AppName(i % d.Apps)
-	spec := podTemplate(app).Spec
-	spec.NodeName = NodeName(i % d.Nodes)
-	p := &corev1.Pod{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: objectMeta(PodName(i), NamespaceName(d.PodNamespace(i)), now),
-		Spec:       spec,
-		Status: corev1.PodStatus{
-			Phase:     corev1.PodRunning,
-			HostIP:    d.hostIP(i),
-			PodIP:     podIP(i),
-			StartTime: &now,
-			Conditions: []corev1.PodCondition{
-				{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
-				{Type: corev1.ContainersReady, Status: corev1.ConditionTrue, LastTransitionTime: now},
-				{Type: corev1.PodScheduled, Status: corev1.ConditionTrue, LastTransitionTime: now},
-			},
-			ContainerStatuses: []corev1.ContainerStatus{{
-				Name: "main", Ready: true, Image: "registry.example/" + app + ":v1",
-				ImageID: "registry.example/" + app + "@sha256:0000", ContainerID: fmt.Sprintf("containerd://%064x", i),
-				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
-			}},
-			QOSClass: corev1.PodQOSBurstable,
-		},
-	}
-	p.Labels = map[string]string{"app": app, "pod-template-hash": podTemplateHash(app), "tier": []string{"frontend", "backend", "cache"}[i%3]}
-	if d.Workloads {
-		rs := objectMeta(replicaSetName(i%d.Apps), p.Namespace, now)
-		p.OwnerReferences = controllerRef("apps/v1", "ReplicaSet", rs)
-		p.GenerateName = rs.Name + "-"
-	}
-	if d.PodAnnotationBytes > 0 {
-		p.Annotations = map[string]string{"note": strings.Repeat("n", d.PodAnnotationBytes)}
-	}
-	return p
 }

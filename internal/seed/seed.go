@@ -33,14 +33,15 @@ type Object struct {
 	Object runtime.Object
 }
 
-var protobufCodec = protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)
+// Codec decodes what the apiserver stores of built-in types.
+var Codec = protobuf.NewSerializer(scheme.Scheme, scheme.Scheme)
 
-// encode encodes an object as the apiserver stores it.
-func encode(obj runtime.Object) ([]byte, error) {
+// Encode encodes an object as the apiserver stores it.
+func Encode(obj runtime.Object) ([]byte, error) {
 	if u, ok := obj.(*unstructured.Unstructured); ok {
 		return u.MarshalJSON()
 	}
-	return runtime.Encode(protobufCodec, obj)
+	return runtime.Encode(Codec, obj)
 }
 
 // Put writes objects into etcd in transactions of many objects each, from
@@ -103,7 +104,7 @@ func write(ctx context.Context, etcdURL string, objects iter.Seq[Object], writer
 	g.Go(func() error {
 		defer close(work)
 		for o := range objects {
-			value, err := encode(o.Object)
+			value, err := Encode(o.Object)
 			if err != nil {
 				return fmt.Errorf("%s: %w", o.Key, err)
 			}

@@ -19,14 +19,14 @@ func TestEncoding(t *testing.T) {
 	n := 0
 	for o := range d.Objects(now) {
 		n++
-		data, err := encode(o.Object)
+		data, err := Encode(o.Object)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.HasPrefix(data, []byte("k8s\x00")) {
 			t.Fatalf("%s: not the apiserver's protobuf encoding", o.Key)
 		}
-		decoded, err := runtime.Decode(protobufCodec, data)
+		decoded, err := runtime.Decode(Codec, data)
 		if err != nil {
 			t.Fatalf("%s: %v", o.Key, err)
 		}
@@ -34,8 +34,8 @@ func TestEncoding(t *testing.T) {
 			if want := d.Pod(0, now); pod.Name == want.Name && pod.Spec.NodeName != want.Spec.NodeName {
 				t.Errorf("decoded %s differs", pod.Name)
 			}
-			if len(data) < 600 || len(data) > 1000 {
-				t.Errorf("pod %s is %d bytes in storage, want about 750", pod.Name, len(data))
+			if len(data) < 3000 || len(data) > 4200 {
+				t.Errorf("pod %s is %d bytes in storage, want about 3.5 KiB", pod.Name, len(data))
 			}
 		}
 	}
@@ -44,7 +44,7 @@ func TestEncoding(t *testing.T) {
 	}
 	gvk := schema.GroupVersionKind{Group: "example.com", Version: "v1", Kind: "Widget"}
 	for o := range CustomObjects(gvk, "widgets", "default", 1, map[string]any{"size": "large"}, now) {
-		data, err := encode(o.Object)
+		data, err := Encode(o.Object)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,7 +62,7 @@ func TestLargeClusterData(t *testing.T) {
 	now := Now()
 	kinds := map[string]int{}
 	for o := range d.Objects(now) {
-		data, err := encode(o.Object)
+		data, err := Encode(o.Object)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,7 +74,7 @@ func TestLargeClusterData(t *testing.T) {
 			}
 			continue
 		}
-		if _, err := runtime.Decode(protobufCodec, data); err != nil {
+		if _, err := runtime.Decode(Codec, data); err != nil {
 			t.Errorf("%s: %v", o.Key, err)
 		}
 	}
