@@ -48,3 +48,13 @@ func TestLatencyQuantile(t *testing.T) {
 		t.Errorf("empty: got %v", got)
 	}
 }
+
+func TestHeapAllocMiB(t *testing.T) {
+	text := "heap profile: 1: 2 [3: 4] @ heap/1048576\n\n# runtime.MemStats\n# Alloc = 3145728\n# TotalAlloc = 9999999\n# HeapAlloc = 3145728\n# HeapSys = 8388608\n"
+	if got, err := heapAllocMiB([]byte(text)); err != nil || got != 3 {
+		t.Errorf("heapAllocMiB = %v, %v; want 3", got, err)
+	}
+	if _, err := heapAllocMiB([]byte("# Alloc = 1\n")); err == nil {
+		t.Error("a profile without HeapAlloc: no error")
+	}
+}

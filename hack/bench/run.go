@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -191,6 +193,7 @@ func (r *Run) measure(ctx context.Context, run int, name string, bundle *pki.Bun
 	}
 	report.add(run, "startup", "ready with caches filled", "s", name, time.Since(started).Seconds())
 	report.add(run, "startup", "RSS after start", "MiB", name, orNaN(rssMiB(proc.Pid())))
+	report.add(run, "startup", "live heap after GC", "MiB", name, orNaN(r.liveHeap(ctx, run, name, s)))
 
 	for _, sc := range scenarios(r.Params) {
 		if r.runs(name, sc.name) {
@@ -269,6 +272,39 @@ func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc 
 	report.add(run, sc.name, "apiserver CPU", "s", name, u.CPUSeconds)
 	report.add(run, sc.name, "apiserver peak RSS", "MiB", name, u.PeakRSSMiB)
 	return nil
+}
+
+// liveHeap collects the server's garbage, writes its heap profile into
+// Out/profiles/<run>-startup-<server>.heap.pprof (what holds the memory:
+// `go tool pprof -sample_index=inuse_space`) and returns its live heap.
+func (r *Run) liveHeap(ctx context.Context, run int, name string, s *server) (float64, error) {
+	_, profile, err := timed(ctx, s.http, http.MethodGet, s.url+"/debug/pprof/heap?gc=1", goodUserAgent, "", nil)
+	if err != nil {
+		return 0, err
+	}
+	file := filepath.Join(r.Out, "profiles", fmt.Sprintf("%d-startup-%s.heap.pprof", run+1, name))
+	if err := os.MkdirAll(filepath.Dir(file), 0o755); err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(file, profile, 0o644); err != nil {
+		return 0, err
+	}
+	_, text, err := timed(ctx, s.http, http.MethodGet, s.url+"/debug/pprof/heap?debug=1", goodUserAgent, "", nil)
+	if err != nil {
+		return 0, err
+	}
+	return heapAllocMiB(text)
+}
+
+// heapAllocMiB reads HeapAlloc from a text heap profile's MemStats.
+func heapAllocMiB(text []byte) (float64, error) {
+	for line := range strings.Lines(string(text)) {
+		if v, ok := strings.CutPrefix(line, "# HeapAlloc = "); ok {
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return n / (1 << 20), err
+		}
+	}
+	return 0, errors.New("the heap profile has no HeapAlloc")
 }
 
 // notInFileName is what a scenario's name becomes "_" for in a file name.
