@@ -40,6 +40,14 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource", "index"})
 
+	sharedValues = metrics.NewCounterVec(&metrics.CounterOpts{
+		Namespace:      "bulwark",
+		Subsystem:      "watch_cache",
+		Name:           "shared_values_total",
+		Help:           "Values (labels, owner references, managed fields, a container's resources, a volume's source...) of the objects a watch cache took in, by whether an equal value already in the cache replaced them (shared) or they became the one later objects share (first).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"group", "resource", "result"})
+
 	registerOnce sync.Once
 )
 
@@ -47,6 +55,6 @@ var (
 // which /metrics serves.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(setSelectorLists, indexedStreamingLists, indexEntries, indexMemory)
+		legacyregistry.MustRegister(setSelectorLists, indexedStreamingLists, indexEntries, indexMemory, sharedValues)
 	})
 }

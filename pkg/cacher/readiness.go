@@ -48,6 +48,21 @@ func (r *Readiness) Ready(gr schema.GroupResource) (known, ready bool) {
 	return len(stores) > 0, true
 }
 
+// AllReady tells whether every storage recorded so far is ready, and there
+// is one.
+func (r *Readiness) AllReady() bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	for _, stores := range r.stores {
+		for s := range stores {
+			if s.ReadinessCheck() != nil {
+				return false
+			}
+		}
+	}
+	return len(r.stores) > 0
+}
+
 // Serves tells whether the apiserver has storage for a resource: the
 // resources a metric label may name.
 func (r *Readiness) Serves(gr schema.GroupResource) bool {

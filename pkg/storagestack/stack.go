@@ -1,6 +1,7 @@
 // Package storagestack composes Bulwark's storage decorators around the
-// storage of every resource, in the order the server installs them: label
-// and field indexes over upstream's watch cache, then bookmarks and start
+// storage of every resource, in the order the server installs them: the
+// sharing of values between the objects upstream's watch cache takes in,
+// label and field indexes over the watch cache, then bookmarks and start
 // histories (the path every watch takes), then the readiness registry. The
 // server and the storage suite that proves the composition against
 // upstream's own storage tests (suite_test.go) both build it with Decorate,
@@ -16,6 +17,8 @@ import (
 
 // Stack is Bulwark's storage decorators for one server.
 type Stack struct {
+	// ShareValues makes the watch caches' objects share their common values.
+	ShareValues bool
 	// Indexes are added to the watch caches; none: upstream's only.
 	Indexes cacher.Indexes
 	// Bookmarks serve the watches; nil, or inactive (no interval and no
@@ -28,6 +31,9 @@ type Stack struct {
 // Decorate returns getter with the storage of every resource it gives
 // options for wrapped by the stack's decorators.
 func (s Stack) Decorate(getter generic.RESTOptionsGetter) generic.RESTOptionsGetter {
+	if s.ShareValues {
+		getter = cacher.WithStorageDecorator(getter, cacher.ShareValues)
+	}
 	if len(s.Indexes.Labels) > 0 || len(s.Indexes.Fields) > 0 {
 		getter = cacher.WithStorageDecorator(getter, s.Indexes.Decorate)
 	}

@@ -225,7 +225,7 @@ func newSuiteStorage(t *testing.T, sc suiteConfig, opts ...setupOption) *suiteEn
 		t.Fatal(err)
 	}
 	caches := bulwarkcacher.NewReadiness()
-	getter := Stack{Indexes: indexes, Bookmarks: bookmarks, Caches: caches}.Decorate(generic.RESTOptions{StorageConfig: resourceConfig, Decorator: base})
+	getter := Stack{ShareValues: true, Indexes: indexes, Bookmarks: bookmarks, Caches: caches}.Decorate(generic.RESTOptions{StorageConfig: resourceConfig, Decorator: base})
 	restOptions, err := getter.GetRESTOptions(podsResource, &example.Pod{})
 	if err != nil {
 		t.Fatal(err)

@@ -5,10 +5,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"runtime"
+	"runtime/debug"
+	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	"k8s.io/apiserver/pkg/server/mux"
+	"k8s.io/klog/v2"
 	upstream "k8s.io/kubernetes/cmd/kube-apiserver/app"
 
 	"github.com/bulwark-k8s/bulwark/pkg/bookmark"
@@ -40,6 +47,7 @@ type additions struct {
 	maxLargeLists     int
 	largeListMinBytes int64
 	indexes           cacher.Indexes
+	shareValues       bool
 	bookmarks         *bookmark.Manager
 }
 
@@ -54,6 +62,7 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 		maxLargeLists:     o.MaxConcurrentLargeLists,
 		largeListMinBytes: o.LargeListMinBytes.Value(),
 		indexes:           o.indexes,
+		shareValues:       o.WatchCacheShareValues,
 	}
 	// First: the limiter's first load and the shedder record metrics.
 	filters.RegisterMetrics(a.talkers)
@@ -64,6 +73,9 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 		return nil, fmt.Errorf("--watch-bookmark-interval, --watch-cache-start-history-budget: %w", err)
 	}
 	go a.shedder.Run(ctx)
+	if a.shareValues {
+		go releaseStartupMemory(ctx, a.caches)
+	}
 	if o.UserAgentLimitsConfig != "" {
 		if a.limiter, err = filters.NewUserAgentLimiter(o.UserAgentLimitsConfig); err != nil {
 			return nil, err
@@ -73,14 +85,15 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 	return a, nil
 }
 
-// customizeConfig adds label and field indexes to the watch caches, serves watches
+// customizeConfig makes the watch caches' objects share their common values,
+// adds label and field indexes to the watch caches, serves watches
 // with bookmarks and start histories, records every
 // resource's storage for the cache-not-ready gate, and puts Bulwark's
 // filters around upstream's handler chain. Only the aggregator's chain sees requests: it is the outermost
 // server, and the servers it delegates to are called without their own
 // filters.
 func (a *additions) customizeConfig(config *upstream.Config) {
-	stack := storagestack.Stack{Indexes: a.indexes, Bookmarks: a.bookmarks, Caches: a.caches}
+	stack := storagestack.Stack{ShareValues: a.shareValues, Indexes: a.indexes, Bookmarks: a.bookmarks, Caches: a.caches}
 	for _, getter := range []*generic.RESTOptionsGetter{
 		&config.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter,
 		&config.ApiExtensions.GenericConfig.RESTOptionsGetter,
@@ -88,6 +101,9 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		&config.Aggregator.GenericConfig.RESTOptionsGetter,
 	} {
 		*getter = stack.Decorate(*getter)
+	}
+	if a.shareValues {
+		sharePodInformerValues(config)
 	}
 	gc := config.Aggregator.GenericConfig
 	buildUpstream := gc.BuildHandlerChainFunc
@@ -108,6 +124,45 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 			chain.LargeLists = filters.NewLargeListLimiter(c.StorageObjectCountTracker, a.largeListMinBytes, a.maxLargeLists)
 		}
 		return chain.Wrap(buildUpstream(apiHandler, c))
+	}
+}
+
+// releaseStartupMemory returns the memory of the watch caches' filling to
+// the operating system once they are all filled. Filling decodes every
+// object before its values are shared: the garbage makes the heap's peak,
+// which the Go runtime keeps (and the RSS shows) long after; the heap
+// left is what the shared objects hold.
+func releaseStartupMemory(ctx context.Context, caches *cacher.Readiness) {
+	err := wait.PollUntilContextCancel(ctx, time.Second, false, func(context.Context) (bool, error) { return caches.AllReady(), nil })
+	if err != nil {
+		return
+	}
+	debug.FreeOSMemory()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	klog.InfoS("Returned the watch caches' filling memory to the OS", "heapInUseMiB", m.HeapInuse>>20, "heapReleasedMiB", m.HeapReleased>>20)
+}
+
+// sharePodInformerValues makes the pods of the server's own pod informer
+// share their common values too. Upstream's authentication (service
+// account tokens bound to pods) and node authorizer read pods from an
+// informer of the server's loopback client: a second copy of every pod in
+// the server, next to the watch cache's. Upstream's transform drops their
+// managed fields; ours does too, then shares. The informer exists
+// whatever the flags (the service account token getter asks for its lister
+// while the config is built), so asking for it here adds none.
+func sharePodInformerValues(config *upstream.Config) {
+	pods := config.KubeAPIs.ControlPlane.VersionedInformers.Core().V1().Pods().Informer()
+	sharer := cacher.NewValueSharer(schema.GroupResource{Resource: "pods"})
+	err := pods.SetTransform(func(obj any) (any, error) {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			pod.ManagedFields = nil
+			sharer.Share(pod)
+		}
+		return obj, nil
+	})
+	if err != nil { // started already: it keeps upstream's transform
+		klog.ErrorS(err, "The pod informer's values are not shared")
 	}
 }
 

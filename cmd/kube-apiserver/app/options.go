@@ -45,6 +45,9 @@ type Options struct {
 	WatchCacheLabelIndexes []string
 	// WatchCacheFieldIndexes are resource:field pairs the watch caches index.
 	WatchCacheFieldIndexes []string
+	// WatchCacheShareValues makes the objects of a watch cache share the
+	// values they have in common.
+	WatchCacheShareValues bool
 	// WatchBookmarkInterval is how often a watcher receives a bookmark.
 	WatchBookmarkInterval time.Duration
 	// WatchCacheStartHistoryBudget bounds the start history of each watch cache.
@@ -75,6 +78,7 @@ func NewOptions() *Options {
 			Quantity: *resource.NewQuantity(defaultLargeListMinBytes, resource.BinarySI),
 		},
 		WatchCacheLabelIndexes: cacher.DefaultLabelIndexes,
+		WatchCacheShareValues:  true,
 		WatchBookmarkInterval:  bookmark.DefaultInterval,
 		WatchCacheStartHistoryBudget: resource.QuantityValue{
 			Quantity: *resource.NewQuantity(bookmark.DefaultHistoryBudget, resource.BinarySI),
@@ -183,6 +187,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.WatchCacheFieldIndexes, "watch-cache-field-indexes", o.WatchCacheFieldIndexes,
 		"Fields the watch cache indexes beyond upstream's (spec.nodeName of pods), as resource[.group]:field, a field the resource's "+
 			"field selectors support (e.g. pods:status.phase, pods:spec.schedulerName). A LIST whose field selector requires one value of it reads only the objects with that value.")
+	fs.BoolVar(&o.WatchCacheShareValues, "watch-cache-share-values", o.WatchCacheShareValues,
+		"Objects in the watch caches share the values they have in common (the labels, owner references and managed fields of one "+
+			"ReplicaSet's pods, their containers' resources, volumes' sources, repeated strings) instead of each holding a copy: less memory, the same responses.")
 	fs.DurationVar(&o.WatchBookmarkInterval, "watch-bookmark-interval", o.WatchBookmarkInterval,
 		"How often every watcher that allows bookmarks receives one, with the revision etcd has reached, so that after a restart it resumes "+
 			"instead of relisting; it also gets a last one on graceful termination. At least 1s; 0 leaves upstream's (about a minute).")
