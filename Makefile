@@ -84,7 +84,7 @@ test-unit:
 	go test ./cmd/... ./internal/... ./pkg/... ./hack/...
 	# The watch cache's shared values under the race detector: a write into
 	# one while a reader serializes it fails the test.
-	go test -race -run '^(TestShareValues|TestSharedValuesStayUnchanged)' ./pkg/cacher/
+	CGO_ENABLED=1 go test -race -run '^(TestShareValues|TestSharedValuesStayUnchanged)' ./pkg/cacher/
 
 .PHONY: haproxy
 haproxy: ## HAProxy from Debian's packages, the load balancer of the scale-out test.
