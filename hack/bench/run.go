@@ -192,6 +192,7 @@ func (r *Run) measure(ctx context.Context, run int, name string, bundle *pki.Bun
 		return err
 	}
 	report.add(run, "startup", "ready with caches filled", "s", name, time.Since(started).Seconds())
+	report.add(run, "startup", "apiserver CPU to ready", "s", name, orNaN(cpuSeconds(proc.Pid())))
 	report.add(run, "startup", "RSS after start", "MiB", name, orNaN(rssMiB(proc.Pid())))
 	report.add(run, "startup", "live heap after GC", "MiB", name, orNaN(r.liveHeap(ctx, run, name, s)))
 
