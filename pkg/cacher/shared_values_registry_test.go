@@ -16,8 +16,8 @@ import (
 	genericapirequest "k8s.io/apiserver/pkg/endpoints/request"
 	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
-	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
 	"k8s.io/apiserver/pkg/registry/rest"
+	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
 	"k8s.io/kubernetes/pkg/api/legacyscheme"
 	api "k8s.io/kubernetes/pkg/apis/core"
 	podstore "k8s.io/kubernetes/pkg/registry/core/pod/storage"
@@ -99,9 +99,8 @@ func TestSharedValuesStayUnchanged(t *testing.T) {
 	}
 	// Pods 1, 9, 17... are one ReplicaSet's: their containers' resources
 	// are one map in the cache.
-	a, b := before[key(d, 9)], before[key(d, 17)]
-	if cached := cached(); !same(cached[key(d, 9)].Spec.Containers[0].Resources.Requests, cached[key(d, 17)].Spec.Containers[0].Resources.Requests) {
-		t.Fatalf("%s and %s do not share their resources: values are not shared, the test proves nothing", a.Name, b.Name)
+	if c := cached(); !same(c[key(d, 9)].Spec.Containers[0].Resources.Requests, c[key(d, 17)].Spec.Containers[0].Resources.Requests) {
+		t.Fatalf("%s and %s do not share their resources: values are not shared, the test proves nothing", key(d, 9), key(d, 17))
 	}
 
 	// Readers: serialize every pod of the cache, and every watch event.
@@ -192,7 +191,9 @@ func inNamespace(ns string) context.Context {
 	return genericapirequest.WithRequestInfo(ctx, &genericapirequest.RequestInfo{IsResourceRequest: true, APIVersion: "v1", Resource: "pods", Namespace: ns})
 }
 
-func key(d seed.Data, i int) string { return seed.NamespaceName(d.PodNamespace(i)) + "/" + seed.PodName(i) }
+func key(d seed.Data, i int) string {
+	return seed.NamespaceName(d.PodNamespace(i)) + "/" + seed.PodName(i)
+}
 
 // bind binds pod i to its node and writes its status, as kube-scheduler
 // and the kubelet do.
