@@ -44,7 +44,7 @@ var (
 		Namespace:      "bulwark",
 		Subsystem:      "watch_cache",
 		Name:           "shared_values_total",
-		Help:           "Values (labels, owner references, managed fields, a container's resources, a volume's source...) of the objects a watch cache took in, by whether an equal value already in the cache replaced them (shared) or they became the one later objects share (first).",
+		Help:           "Values (labels, owner references, managed fields, a container's resources, a volume's source...) of the objects a watch cache (or, for pods, the server's pod informer) took in, by whether an equal value other objects hold replaced them (shared) or they stayed the object's own (own).",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource", "result"})
 
