@@ -5,9 +5,7 @@ import (
 	"reflect"
 	"sync"
 	"time"
-	"unsafe"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -55,8 +53,8 @@ func ShareValues(decorate generic.StorageDecorator) generic.StorageDecorator {
 // nodes of one machine type report. A value is shared whole, by the field
 // that holds it; every other field is walked into, its strings interned.
 var sharedFields = map[string]bool{
-	// Object metadata (managed fields: their sets' bytes are interned).
-	"Labels": true, "Annotations": true, "OwnerReferences": true,
+	// Object metadata; FieldsV1 is a managed-fields entry's set.
+	"Labels": true, "Annotations": true, "OwnerReferences": true, "FieldsV1": true,
 	// Pod spec and containers.
 	"NodeSelector": true, "Affinity": true, "Tolerations": true, "TopologySpreadConstraints": true,
 	"DNSConfig": true, "ReadinessGates": true, "VolumeSource": true,
@@ -96,13 +94,8 @@ type ValueSharer struct {
 	resource schema.GroupResource
 	tables   map[reflect.Type]*valueTable
 	strings  *internTable
-	// fieldSets are managed-fields sets by their bytes.
-	fieldSets struct {
-		seen   map[uint64]struct{}
-		values map[string][]byte
-	}
-	shared int // counted until the end of one object
-	own    int
+	shared   int // counted until the end of one object
+	own      int
 }
 
 // NewValueSharer returns a sharer for the objects of resource. The sharers
@@ -182,10 +175,6 @@ func (s *ValueSharer) walk(v reflect.Value) {
 			s.walk(v.Index(i))
 		}
 	case reflect.Struct:
-		if v.Type() == fieldsV1Type {
-			s.internFieldsV1(v.Addr().Interface().(*metav1.FieldsV1))
-			return
-		}
 		for _, f := range planFor(v.Type()) {
 			switch field := v.Field(f.index); {
 			case f.shared:
@@ -195,34 +184,6 @@ func (s *ValueSharer) walk(v reflect.Value) {
 			}
 		}
 	}
-}
-
-// internFieldsV1 shares a managed-fields set's bytes with every equal set
-// (they are never written to: the cache's objects are immutable), the
-// second time they are met.
-func (s *ValueSharer) internFieldsV1(f *metav1.FieldsV1) {
-	if len(f.Raw) == 0 {
-		return
-	}
-	raw := unsafe.String(unsafe.SliceData(f.Raw), len(f.Raw)) // not a copy: looked up, or kept, as they are
-	if shared, ok := s.fieldSets.values[raw]; ok {
-		f.Raw = shared
-		s.shared++
-		return
-	}
-	key := maphash.String(hashSeed, raw)
-	if _, ok := s.fieldSets.seen[key]; !ok {
-		if s.fieldSets.seen == nil || len(s.fieldSets.seen) >= maxTableValues {
-			s.fieldSets.seen = map[uint64]struct{}{}
-		}
-		s.fieldSets.seen[key] = struct{}{}
-	} else {
-		if s.fieldSets.values == nil || len(s.fieldSets.values) >= maxTableValues {
-			s.fieldSets.values = map[string][]byte{}
-		}
-		s.fieldSets.values[raw] = f.Raw
-	}
-	s.own++
 }
 
 // share replaces the settable value v by an equal shared one, or interns
@@ -298,7 +259,6 @@ type fieldStep struct {
 var (
 	plans        sync.Map // reflect.Type → []fieldStep
 	bytesType    = reflect.TypeFor[[]byte]()
-	fieldsV1Type = reflect.TypeFor[metav1.FieldsV1]()
 	locationType = reflect.TypeFor[*time.Location]()
 	hashSeed     = maphash.MakeSeed()
 )
@@ -333,9 +293,6 @@ func holdsStrings(t reflect.Type, visiting map[reflect.Type]bool) bool {
 	case reflect.Pointer, reflect.Slice:
 		return t != bytesType && holdsStrings(t.Elem(), visiting)
 	case reflect.Struct:
-		if t == fieldsV1Type {
-			return true
-		}
 		if visiting[t] {
 			return false // its first visit answers
 		}

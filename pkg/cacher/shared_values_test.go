@@ -76,7 +76,11 @@ func TestShareValues(t *testing.T) {
 				return nil
 			}
 			owners := func(i int) any { return reflect.ValueOf(shared[i]).Elem().FieldByName("OwnerReferences").Interface() }
-			for _, v := range []func(int) any{requests, owners} {
+			// kube-controller-manager's managed fields name the owner.
+			createdFields := func(i int) any {
+				return reflect.ValueOf(shared[i]).Elem().FieldByName("ManagedFields").Index(0).FieldByName("FieldsV1").Interface()
+			}
+			for _, v := range []func(int) any{requests, owners, createdFields} {
 				if !same(v(10), v(20)) || !same(v(10), v(30)) {
 					t.Errorf("pods of one ReplicaSet do not share %T", v(10))
 				}
