@@ -63,6 +63,24 @@ func (r *Readiness) AllReady() bool {
 	return len(r.stores) > 0
 }
 
+// readyStorages returns a storage of each resource whose storages are all
+// ready.
+func (r *Readiness) readyStorages() map[schema.GroupResource]storage.Interface {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	ready := map[schema.GroupResource]storage.Interface{}
+	for gr, stores := range r.stores {
+		for s := range stores {
+			if s.ReadinessCheck() != nil {
+				delete(ready, gr)
+				break
+			}
+			ready[gr] = s.Interface
+		}
+	}
+	return ready
+}
+
 // Serves tells whether the apiserver has storage for a resource: the
 // resources a metric label may name.
 func (r *Readiness) Serves(gr schema.GroupResource) bool {

@@ -24,8 +24,8 @@ const (
 )
 
 // ObjectCounts tells how many objects a resource has and their average
-// size: upstream's storage object count tracker, which API Priority and
-// Fairness reads too, keyed by the group-resource's String().
+// size, keyed by the group-resource's String(): upstream's storage object
+// count tracker, or cacher.ObjectCounts, which knows sooner after a start.
 type ObjectCounts interface {
 	Get(groupResource string) (storage.Stats, error)
 }
@@ -64,7 +64,7 @@ func (l *LargeListLimiter) large(r *http.Request, info *request.RequestInfo) boo
 	}
 	stats, err := l.objects.Get(schema.GroupResource{Group: info.APIGroup, Resource: info.Resource}.String())
 	if err != nil {
-		return false // not tracked (yet): the resource's storage reports its size within a minute
+		return false // not counted yet: its watch cache is filling
 	}
 	size := stats.EstimatedAverageObjectSizeBytes
 	if size <= 0 {

@@ -92,7 +92,7 @@ func newAdditions(ctx context.Context, o *Options) (*additions, error) {
 // filters around upstream's handler chain. Only the aggregator's chain sees requests: it is the outermost
 // server, and the servers it delegates to are called without their own
 // filters.
-func (a *additions) customizeConfig(config *upstream.Config) {
+func (a *additions) customizeConfig(ctx context.Context, config *upstream.Config) {
 	stack := storagestack.Stack{ShareValues: a.shareValues, Indexes: a.indexes, Bookmarks: a.bookmarks, Caches: a.caches}
 	for _, getter := range []*generic.RESTOptionsGetter{
 		&config.KubeAPIs.ControlPlane.Generic.RESTOptionsGetter,
@@ -106,6 +106,13 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		sharePodInformerValues(config)
 	}
 	gc := config.Aggregator.GenericConfig
+	// The large-LIST limit knows a resource's size as soon as its watch
+	// cache is filled, not a minute or two later as upstream's tracker.
+	var largeListCounts *cacher.ObjectCounts
+	if a.maxLargeLists > 0 && gc.StorageObjectCountTracker != nil {
+		largeListCounts = cacher.NewObjectCounts(gc.StorageObjectCountTracker, a.caches)
+		go largeListCounts.Run(ctx)
+	}
 	buildUpstream := gc.BuildHandlerChainFunc
 	gc.BuildHandlerChainFunc = func(apiHandler http.Handler, c *genericapiserver.Config) http.Handler {
 		chain := filters.Chain{
@@ -120,8 +127,8 @@ func (a *additions) customizeConfig(config *upstream.Config) {
 		if a.cacheGate {
 			chain.Caches = a.caches
 		}
-		if a.maxLargeLists > 0 && c.StorageObjectCountTracker != nil {
-			chain.LargeLists = filters.NewLargeListLimiter(c.StorageObjectCountTracker, a.largeListMinBytes, a.maxLargeLists)
+		if largeListCounts != nil {
+			chain.LargeLists = filters.NewLargeListLimiter(largeListCounts, a.largeListMinBytes, a.maxLargeLists)
 		}
 		return chain.Wrap(buildUpstream(apiHandler, c))
 	}

@@ -175,7 +175,7 @@ func Run(ctx context.Context, opts options.CompletedOptions, bulwark *Options) e
 	if err != nil {
 		return err
 	}
-	bulwarkParts.customizeConfig(config)
+	bulwarkParts.customizeConfig(ctx, config)
 	completed, err := config.Complete()
 	if err != nil {
 		return err
