@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -106,7 +108,7 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 	}
 	var mu sync.Mutex
 	var lat Latencies
-	var failures atomic.Int64
+	var failures renewalFailures
 	var wg sync.WaitGroup
 	for i := range p.Nodes {
 		wg.Add(1)
@@ -124,7 +126,7 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 				l, err := renew(runCtx, client, current[i])
 				if err != nil {
 					if runCtx.Err() == nil {
-						failures.Add(1)
+						failures.add(err)
 					}
 				} else {
 					current[i] = l
@@ -140,7 +142,7 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 	m := &measurement{
 		latencies: map[string]Latencies{"renewal latency": lat},
 		serverKey: "PUT leases",
-		values:    []namedValue{{"failed renewals", "count", float64(failures.Load())}},
+		values:    failures.values(),
 	}
 	if f != nil {
 		m.values = append(m.values, f.values(p.HeartbeatDuration)...)
@@ -150,6 +152,54 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 
 // renew updates a Lease as the kubelet does: from its last copy, and after
 // a conflict from a fresh read.
+// renewalFailures counts failed Lease renewals by why they failed, and
+// logs the first failure of each kind.
+type renewalFailures struct {
+	mu     sync.Mutex
+	counts [len(renewalFailureKinds)]int64
+}
+
+// renewalFailureKinds are the rows of the failures' breakdown: a
+// renewal that fails with 429 was shed, one that timed out queued too
+// long, one whose connection broke was closed on (or never reached the
+// server).
+var renewalFailureKinds = [...]string{"429", "timed out (504 or client)", "other HTTP status", "connection", "other"}
+
+func (f *renewalFailures) add(err error) {
+	var status apierrors.APIStatus
+	kind := len(renewalFailureKinds) - 1
+	switch {
+	case apierrors.IsTooManyRequests(err):
+		kind = 0
+	case apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) || errors.Is(err, context.DeadlineExceeded):
+		kind = 1
+	case errors.As(err, &status):
+		kind = 2
+	case utilnet.IsProbableEOF(err) || utilnet.IsConnectionReset(err) || utilnet.IsHTTP2ConnectionLost(err) || errors.As(err, new(net.Error)):
+		kind = 3
+	}
+	f.mu.Lock()
+	f.counts[kind]++
+	first := f.counts[kind] == 1
+	f.mu.Unlock()
+	if first {
+		logf("first failed Lease renewal (%s): %v", renewalFailureKinds[kind], err)
+	}
+}
+
+func (f *renewalFailures) values() []namedValue {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var total int64
+	values := []namedValue{{"failed renewals", "count", 0}}
+	for i, kind := range renewalFailureKinds {
+		total += f.counts[i]
+		values = append(values, namedValue{"failed renewals: " + kind, "count", float64(f.counts[i])})
+	}
+	values[0].value = float64(total)
+	return values
+}
+
 func renew(ctx context.Context, client kubernetes.Interface, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	leases := client.CoordinationV1().Leases(l.Namespace)
 	for range 5 {
