@@ -25,6 +25,11 @@ import (
 // nodeLeasePeriod is how often a kubelet renews its node Lease.
 const nodeLeasePeriod = 10 * time.Second
 
+// nodesPerConnection is how many of the heartbeat scenario's nodes share a
+// connection: each renews one Lease at a time, so a connection never has
+// more streams than Go's HTTP/2 client opens before the server's settings.
+const nodesPerConnection = 100
+
 // flood is a misbehaving client: workers sending cluster-wide LIST pods
 // (consistent reads of every pod) back to back until ctx is done.
 type flood struct {
@@ -82,16 +87,25 @@ func (f *flood) values(d time.Duration) []namedValue {
 // heartbeatScenario renews the Lease of every seeded node at the kubelet's
 // period, each node on its own schedule, for the heartbeat duration.
 func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool) (*measurement, error) {
-	cfg := ownConnection(s.cfg, "kubelet/v1.37.2 (linux/amd64) bench")
-	cfg.ContentType = protobufAccept
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
+	// Each group of nodesPerConnection nodes renews on a connection of its
+	// own, opened here, as kubelets each have theirs: one client for all
+	// would open connections during the run (Go's HTTP/2 client takes 100
+	// streams on a new one before the server's settings arrive), and the
+	// first of them that loses its handshake to the loaded machine fails
+	// 100 renewals at once, on any server.
+	clients := make([]kubernetes.Interface, (p.Nodes+nodesPerConnection-1)/nodesPerConnection)
+	for c := range clients {
+		cfg := ownConnection(s.cfg, "kubelet/v1.37.2 (linux/amd64) bench")
+		cfg.ContentType = protobufAccept
+		var err error
+		if clients[c], err = kubernetes.NewForConfig(cfg); err != nil {
+			return nil, err
+		}
 	}
-	leases := client.CoordinationV1().Leases("kube-node-lease")
+	client := func(node int) kubernetes.Interface { return clients[node/nodesPerConnection] }
 	current := make([]*coordinationv1.Lease, p.Nodes)
 	if _, _, err := parallel(ctx, p.Nodes, 32, func(i int) (time.Duration, error) {
-		l, err := leases.Get(ctx, seed.NodeName(i), metav1.GetOptions{})
+		l, err := client(i).CoordinationV1().Leases("kube-node-lease").Get(ctx, seed.NodeName(i), metav1.GetOptions{})
 		current[i] = l
 		return 0, err
 	}); err != nil {
@@ -102,6 +116,7 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 	defer cancel()
 	var f *flood
 	if withFlood {
+		var err error
 		if f, err = startFlood(runCtx, s, p.FloodConcurrency); err != nil {
 			return nil, err
 		}
@@ -123,7 +138,7 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 				case <-timer.C:
 				}
 				start := time.Now()
-				l, err := renew(runCtx, client, current[i])
+				l, err := renew(runCtx, client(i), current[i])
 				if err != nil {
 					if runCtx.Err() == nil {
 						failures.add(err)

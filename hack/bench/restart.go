@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -104,6 +106,7 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	}
 
 	listsBefore, goneBefore := podwatch.Totals(watchers)
+	causesBefore := podwatch.RelistCauses(watchers)
 	rangesBefore, err := etcdRangeCount(ctx, s.etcdURL)
 	if err != nil {
 		return nil, err
@@ -160,7 +163,7 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 	}
 	listsAfter, goneAfter := podwatch.Totals(watchers)
 	relists, gone := listsAfter-listsBefore, goneAfter-goneBefore
-	return &measurement{
+	m := &measurement{
 		values: []namedValue{
 			{"watchers", "count", float64(n)},
 			{"initial sync of every watcher", "s", initialSync.Seconds()},
@@ -174,7 +177,22 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 			{"etcd range requests during recovery", "count", rangesAfter - rangesBefore},
 		},
 		usage: &u,
-	}, nil
+	}
+	m.values = append(m.values, relistCauseValues("relists after restart", watchers, causesBefore)...)
+	return m, nil
+}
+
+// relistCauseValues are the rows of the watchers' relists since before, by
+// how the watch before each ended.
+func relistCauseValues(metric string, watchers []*podwatch.Watcher, before map[string]int64) []namedValue {
+	var values []namedValue
+	causes := podwatch.RelistCauses(watchers)
+	for _, cause := range slices.Sorted(maps.Keys(causes)) {
+		if n := causes[cause] - before[cause]; n > 0 {
+			values = append(values, namedValue{metric + ": " + cause, "count", float64(n)})
+		}
+	}
+	return values
 }
 
 func sleep(ctx context.Context, d time.Duration) error {

@@ -75,6 +75,7 @@ func slowWatchersScenario(ctx context.Context, s *server, p Params) (*measuremen
 		return lists, gone, watches
 	}
 	listsBefore, goneBefore, watchesBefore := totals()
+	causesBefore := podwatch.RelistCauses(watchers)
 	closedByCache := func() (float64, error) {
 		return scrapeCounter(ctx, s.cfg, "apiserver_terminated_watchers_total", map[string]string{"resource": "pods"})
 	}
@@ -127,6 +128,7 @@ func slowWatchersScenario(ctx context.Context, s *server, p Params) (*measuremen
 		{"events lost (pods not at their last version)", "count", float64(lost)},
 		{"slow watchers caught up after", "s", caughtUpAfter.Seconds()},
 	}
+	values = append(values, relistCauseValues("relists", watchers, causesBefore)...)
 	if caughtUp != nil {
 		values[len(values)-1].value = math.NaN()
 	}

@@ -7,13 +7,19 @@ package podwatch
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -38,7 +44,21 @@ type Watcher struct {
 	gone         atomic.Int64
 	watches      atomic.Int64
 	watchStarted atomic.Int64 // unix nanos
+
+	mu sync.Mutex
+	// lastEnd is how the last watch ended, if it makes the reflector list
+	// again: client-go re-watches after a watch that closed normally, a
+	// refused connection or 429, and lists again after anything else.
+	lastEnd string
+	// relists counts the lists after the first by the lastEnd before them.
+	relists map[string]int64
 }
+
+// How a watch ended that makes the reflector list again.
+const (
+	endGone      = "410 Gone"
+	endVeryShort = "watch closed within a second, no event"
+)
 
 // ForNode returns a kubelet's watcher: the pods bound to node.
 func ForNode(node string) *Watcher {
@@ -69,13 +89,13 @@ func (w *Watcher) listWatch(client kubernetes.Interface) *cache.ListWatch {
 	}
 	return &cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			w.lists.Add(1)
+			w.listed()
 			return client.CoreV1().Pods(w.Namespace).List(ctx, selected(o))
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			// A streaming list (sendInitialEvents) is a relist too.
 			if o.SendInitialEvents != nil && *o.SendInitialEvents {
-				w.lists.Add(1)
+				w.listed()
 			}
 			o = selected(o)
 			o.AllowWatchBookmarks = true
@@ -83,21 +103,113 @@ func (w *Watcher) listWatch(client kubernetes.Interface) *cache.ListWatch {
 				seconds := int64(w.WatchTimeout.Seconds())
 				o.TimeoutSeconds = &seconds
 			}
+			start := time.Now()
 			wi, err := client.CoreV1().Pods(w.Namespace).Watch(ctx, o)
 			if err != nil {
+				if !utilnet.IsConnectionRefused(err) && !apierrors.IsTooManyRequests(err) {
+					w.ended("watch refused: " + errorKind(err))
+				}
 				return nil, err
 			}
 			w.watches.Add(1)
-			w.watchStarted.Store(time.Now().UnixNano())
-			// 410 Gone comes as an error event in a watch that started.
-			return watch.Filter(wi, func(e watch.Event) (watch.Event, bool) {
-				if status, ok := e.Object.(*metav1.Status); e.Type == watch.Error && ok && status.Code == http.StatusGone {
-					w.gone.Add(1)
-				}
-				return e, true
-			}), nil
+			w.watchStarted.Store(start.UnixNano())
+			w.ended("")
+			return w.observe(wi, start), nil
 		},
 	}
+}
+
+// observe passes a watch's events on, counting 410 Gone (an error event in
+// a watch that started) and noting how the watch ended.
+func (w *Watcher) observe(wi watch.Interface, start time.Time) watch.Interface {
+	out := make(chan watch.Event)
+	proxy := watch.NewProxyWatcher(out)
+	go func() {
+		defer close(out)
+		defer wi.Stop()
+		events := 0
+		for {
+			var e watch.Event
+			var ok bool
+			select {
+			case e, ok = <-wi.ResultChan():
+			case <-proxy.StopChan():
+				return
+			}
+			if !ok {
+				if events == 0 && time.Since(start) < time.Second {
+					w.ended(endVeryShort)
+				}
+				return
+			}
+			events++
+			if status, isStatus := e.Object.(*metav1.Status); e.Type == watch.Error && isStatus {
+				switch status.Code {
+				case http.StatusGone:
+					w.gone.Add(1)
+					w.ended(endGone)
+				case http.StatusTooManyRequests:
+				default:
+					w.ended(fmt.Sprintf("watch ended with error %d %s", status.Code, status.Reason))
+				}
+			}
+			select {
+			case out <- e:
+			case <-proxy.StopChan():
+				return
+			}
+		}
+	}()
+	return proxy
+}
+
+// errorKind names an error by its class, not its text: a status code, or
+// what broke the connection.
+func errorKind(err error) string {
+	var status apierrors.APIStatus
+	switch {
+	case errors.As(err, &status):
+		return fmt.Sprintf("%d %s", status.Status().Code, status.Status().Reason)
+	case utilnet.IsConnectionReset(err):
+		return "connection reset"
+	case utilnet.IsProbableEOF(err):
+		return "connection closed"
+	case utilnet.IsHTTP2ConnectionLost(err):
+		return "HTTP/2 connection lost"
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled):
+		return "context done"
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && netErr.Timeout() {
+		return "network timeout"
+	}
+	return "other"
+}
+
+// ended notes how the last watch ended when the reflector lists again
+// after it; "" when a watch started (the lists that follow a failed list
+// keep the cause of the first).
+func (w *Watcher) ended(how string) {
+	w.mu.Lock()
+	w.lastEnd = how
+	w.mu.Unlock()
+}
+
+// listed counts a list and, after the first, what caused it.
+func (w *Watcher) listed() {
+	if w.lists.Add(1) == 1 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	cause := w.lastEnd
+	if cause == "" {
+		cause = "unknown"
+	}
+	if w.relists == nil {
+		w.relists = map[string]int64{}
+	}
+	w.relists[cause]++
 }
 
 // slowHandler is a store whose handling of each watch event takes a while,
@@ -138,6 +250,21 @@ func (w *Watcher) Gone() int64 { return w.gone.Load() }
 // Synced tells whether the reflector has listed and watches.
 func (w *Watcher) Synced() bool {
 	return w.reflector != nil && w.reflector.LastSyncResourceVersion() != "" && w.watchStarted.Load() > 0
+}
+
+// RelistCauses adds up the watchers' lists after their first by how the
+// watch before each ended ("unknown": as far as the watcher saw, the watch
+// ended normally).
+func RelistCauses(watchers []*Watcher) map[string]int64 {
+	causes := map[string]int64{}
+	for _, w := range watchers {
+		w.mu.Lock()
+		for cause, n := range w.relists {
+			causes[cause] += n
+		}
+		w.mu.Unlock()
+	}
+	return causes
 }
 
 // WatchingSince counts the watchers whose watch started after since.
