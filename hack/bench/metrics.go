@@ -224,7 +224,21 @@ func rssMiB(pid int) (float64, error) { return statusMiB(pid, "VmRSS:") }
 
 // statusMiB reads a memory field of /proc/<pid>/status.
 func statusMiB(pid int, field string) (float64, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	return procFileMiB(fmt.Sprintf("/proc/%d/status", pid), field)
+}
+
+// memoryAvailable is the machine's available and total memory, in MiB.
+func memoryAvailable() (available, total float64, err error) {
+	if available, err = procFileMiB("/proc/meminfo", "MemAvailable:"); err != nil {
+		return 0, 0, err
+	}
+	total, err = procFileMiB("/proc/meminfo", "MemTotal:")
+	return available, total, err
+}
+
+// procFileMiB reads a "field: N kB" line of a /proc file.
+func procFileMiB(path, field string) (float64, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return 0, err
 	}
@@ -236,5 +250,5 @@ func statusMiB(pid int, field string) (float64, error) {
 			return kb / 1024, err
 		}
 	}
-	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
+	return 0, fmt.Errorf("no %s in %s", field, path)
 }

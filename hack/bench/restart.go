@@ -219,22 +219,51 @@ func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
 	return nil
 }
 
-// pollServing polls as poll does, and fails as soon as the server's
-// process has exited (its figure: the machine could not hold it).
+// availableMemoryFloor is the share of the machine's memory below which
+// a scenario's wait for a server is given up: the server cannot hold what
+// the scenario asks of it on this machine (with no swap, the next step is
+// the kernel's OOM killer, which may pick etcd or the bench).
+const availableMemoryFloor = 0.1
+
+// incomplete is a scenario a server could not complete on this machine:
+// a figure of the run, not a failure of the bench.
+type incomplete struct {
+	// why: "timed out", "machine out of memory" or "server exited".
+	why    string
+	after  time.Duration
+	detail string
+}
+
+func (e *incomplete) Error() string {
+	return fmt.Sprintf("%s after %s: %s", e.why, e.after.Round(time.Second), e.detail)
+}
+
+// pollServing polls as poll does, and gives up (an *incomplete) as soon as
+// the server's process has exited or the machine is short of memory.
 func pollServing(ctx context.Context, s *server, timeout time.Duration, cond func() bool) error {
+	start := time.Now()
 	exited := s.proc.Exited()
-	var gone error
+	var gaveUp *incomplete
 	err := poll(ctx, timeout, func() bool {
 		select {
 		case <-exited:
-			gone = fmt.Errorf("%s exited: %v", s.name, s.proc.ExitError())
+			gaveUp = &incomplete{why: "server exited", detail: fmt.Sprint(s.proc.ExitError())}
 			return true
 		default:
-			return cond()
 		}
+		if available, total, err := memoryAvailable(); err == nil && available < availableMemoryFloor*total {
+			rss, _ := rssMiB(s.proc.Pid())
+			gaveUp = &incomplete{why: "machine out of memory", detail: fmt.Sprintf("%.0f of %.0f MiB available, %s's RSS %.0f MiB", available, total, s.name, rss)}
+			return true
+		}
+		return cond()
 	})
-	if gone != nil {
-		return gone
+	switch {
+	case gaveUp != nil:
+		gaveUp.after = time.Since(start)
+		return gaveUp
+	case err != nil && ctx.Err() == nil:
+		return &incomplete{why: "timed out", after: time.Since(start), detail: err.Error()}
 	}
 	return err
 }

@@ -243,6 +243,14 @@ func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc 
 	if perr := <-profiled; perr != nil {
 		logf("%s: %s: CPU profile: %v", name, sc.name, perr)
 	}
+	if gaveUp := (*incomplete)(nil); errors.As(err, &gaveUp) {
+		// What the server could not do on this machine is its figure; the
+		// next scenarios need a server that is not drowning in it.
+		logf("%s: %s did not complete: %v", name, sc.name, err)
+		report.add(run, sc.name, "did not complete: "+gaveUp.why+", after", "s", name, gaveUp.after.Seconds())
+		report.add(run, sc.name, "apiserver peak RSS", "MiB", name, u.PeakRSSMiB)
+		return r.restartServer(ctx, s)
+	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", sc.name, err)
 	}
@@ -273,6 +281,17 @@ func (r *Run) scenario(ctx context.Context, run int, name string, s *server, sc 
 	report.add(run, sc.name, "apiserver CPU", "s", name, u.CPUSeconds)
 	report.add(run, sc.name, "apiserver peak RSS", "MiB", name, u.PeakRSSMiB)
 	return nil
+}
+
+// restartServer kills a server and starts it again, filled and warmed up
+// as at its first start.
+func (r *Run) restartServer(ctx context.Context, s *server) error {
+	logf("%s: restarting it", s.name)
+	s.proc.Kill()
+	if err := s.proc.Start(); err != nil {
+		return fmt.Errorf("%s: starting again: %w", s.name, err)
+	}
+	return warmUp(ctx, s, r.Params)
 }
 
 // liveHeap collects the server's garbage, writes its heap profile into
