@@ -46,13 +46,22 @@ const (
 func slowWatchersScenario(ctx context.Context, s *server, p Params) (*measurement, error) {
 	n := min(p.SlowWatchers, p.Nodes)
 	slow := n / 10
+	// A server that could not complete the scenario before (an
+	// *incomplete) may have left them.
+	if err := deleteBurstPods(ctx, s); err != nil {
+		return nil, err
+	}
 	for i := range burstPods {
 		pod := fmt.Sprintf(`{"apiVersion":"v1","kind":"Pod","metadata":{"name":"burst-%d","labels":{%q:"true"}},"spec":{"containers":[{"name":"main","image":"registry.example/burst:v1"}]}}`, i, burstLabel)
 		if _, _, err := timed(ctx, s.http, http.MethodPost, s.url+"/api/v1/namespaces/"+benchNamespace+"/pods", goodUserAgent, "application/json", []byte(pod)); err != nil {
 			return nil, fmt.Errorf("create burst pods: %w", err)
 		}
 	}
-	defer timed(context.Background(), s.http, http.MethodDelete, s.url+"/api/v1/namespaces/"+benchNamespace+"/pods?"+url.Values{"labelSelector": {burstLabel}}.Encode(), goodUserAgent, "", nil)
+	defer func() {
+		if err := deleteBurstPods(context.Background(), s); err != nil {
+			logf("%s: deleting the burst pods: %v", s.name, err)
+		}
+	}()
 
 	watchers := make([]*podwatch.Watcher, n)
 	for i := range watchers {
@@ -133,6 +142,30 @@ func slowWatchersScenario(ctx context.Context, s *server, p Params) (*measuremen
 		values[len(values)-1].value = math.NaN()
 	}
 	return &measurement{values: values}, nil
+}
+
+// deleteBurstPods deletes the burst pods and waits until they are gone.
+func deleteBurstPods(ctx context.Context, s *server) error {
+	selected := "/api/v1/namespaces/" + benchNamespace + "/pods?" + url.Values{"labelSelector": {burstLabel}}.Encode()
+	if _, _, err := timed(ctx, s.http, http.MethodDelete, s.url+selected, goodUserAgent, "", nil); err != nil {
+		return err
+	}
+	var listErr error
+	err := poll(ctx, 2*time.Minute, func() bool {
+		var body []byte
+		if _, body, listErr = timed(ctx, s.http, http.MethodGet, s.url+selected, goodUserAgent, "", nil); listErr != nil {
+			return false
+		}
+		list := &corev1.PodList{}
+		if _, _, listErr = scheme.Codecs.UniversalDeserializer().Decode(body, nil, list); listErr != nil {
+			return false
+		}
+		return len(list.Items) == 0
+	})
+	if err != nil && listErr != nil {
+		return fmt.Errorf("%w (last LIST: %v)", err, listErr)
+	}
+	return err
 }
 
 // burst sends n updates to the burst pods, burstRate a second from 32

@@ -2,12 +2,14 @@ package cacher
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/storage"
+	flowcontrolrequest "k8s.io/apiserver/pkg/util/flowcontrol/request"
 	"k8s.io/klog/v2"
 )
 
@@ -51,11 +53,11 @@ func NewObjectCounts(tracker ObjectCountTracker, caches *Readiness) *ObjectCount
 	return &ObjectCounts{tracker: tracker, caches: caches, filled: map[string]storage.Stats{}}
 }
 
-// Get returns the tracker's stats of a resource, or the count taken when
-// its watch cache filled if the tracker has none that is current.
+// Get returns the tracker's stats of a resource (stale ones too: they are
+// newer than the count taken at the filling), or the count taken when its
+// watch cache filled if the tracker has none.
 func (c *ObjectCounts) Get(groupResource string) (storage.Stats, error) {
-	stats, err := c.tracker.Get(groupResource)
-	if err == nil {
+	if stats, ok := c.tracked(groupResource); ok {
 		return stats, nil
 	}
 	c.mu.RLock()
@@ -63,7 +65,13 @@ func (c *ObjectCounts) Get(groupResource string) (storage.Stats, error) {
 	if filled, ok := c.filled[groupResource]; ok {
 		return filled, nil
 	}
-	return stats, err
+	return storage.Stats{}, flowcontrolrequest.ObjectCountNotFoundErr
+}
+
+// tracked returns the tracker's stats of a resource, if it has any.
+func (c *ObjectCounts) tracked(groupResource string) (storage.Stats, bool) {
+	stats, err := c.tracker.Get(groupResource)
+	return stats, err == nil || errors.Is(err, flowcontrolrequest.ObjectCountStaleErr)
 }
 
 // Run counts each resource once, as soon as its watch cache is filled,
@@ -89,7 +97,7 @@ func (c *ObjectCounts) countFilled(ctx context.Context) {
 		if counted {
 			continue
 		}
-		if _, err := c.tracker.Get(key); err == nil {
+		if _, ok := c.tracked(key); ok {
 			continue
 		}
 		countCtx, cancel := context.WithTimeout(ctx, filledCountTimeout)

@@ -23,6 +23,23 @@ func (s *countedStorage) Stats(context.Context) (storage.Stats, error) {
 	return s.stats, s.statsErr
 }
 
+type trackerAnswer struct {
+	stats storage.Stats
+	err   error
+}
+
+// fakeTracker answers as upstream's tracker does: ObjectCountNotFoundErr
+// for a resource it has no answer for.
+type fakeTracker map[string]trackerAnswer
+
+func (f fakeTracker) Get(groupResource string) (storage.Stats, error) {
+	a, ok := f[groupResource]
+	if !ok {
+		return storage.Stats{}, flowcontrolrequest.ObjectCountNotFoundErr
+	}
+	return a.stats, a.err
+}
+
 func TestObjectCounts(t *testing.T) {
 	pods := schema.GroupResource{Resource: "pods"}
 	widgets := schema.GroupResource{Group: "example.com", Resource: "widgets"}
@@ -33,8 +50,8 @@ func TestObjectCounts(t *testing.T) {
 		name string
 		// pod is the pods' storage; nil: none.
 		pod *countedStorage
-		// tracked: the tracker knows pods.
-		tracked bool
+		// tracker is upstream's; nil knows nothing.
+		tracker fakeTracker
 		want    storage.Stats
 		wantErr bool
 		// wantCounts is how often the pods' storage is counted in two rounds.
@@ -42,21 +59,18 @@ func TestObjectCounts(t *testing.T) {
 	}{
 		{name: "filling: not known", pod: &countedStorage{stats: podStats}, wantErr: true},
 		{name: "filled: counted once", pod: &countedStorage{fakeStorage: fakeStorage{ready: true}, stats: podStats}, want: podStats, wantCounts: 1},
-		{name: "tracked: the tracker's, not counted", pod: &countedStorage{fakeStorage: fakeStorage{ready: true}, stats: podStats}, tracked: true, want: trackerStats},
+		{name: "tracked: the tracker's, not counted", pod: &countedStorage{fakeStorage: fakeStorage{ready: true}, stats: podStats}, tracker: fakeTracker{"pods": {trackerStats, nil}}, want: trackerStats},
+		{name: "tracked but stale: the tracker's, newer", pod: &countedStorage{fakeStorage: fakeStorage{ready: true}, stats: podStats}, tracker: fakeTracker{"pods": {trackerStats, flowcontrolrequest.ObjectCountStaleErr}}, want: trackerStats},
 		{name: "count fails: not known, counted again", pod: &countedStorage{fakeStorage: fakeStorage{ready: true}, statsErr: errors.New("too slow")}, wantErr: true, wantCounts: 2},
 		{name: "no storage: not known", wantErr: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tracker := flowcontrolrequest.NewStorageObjectCountTracker()
-			if tc.tracked {
-				tracker.Set(pods.String(), trackerStats)
-			}
 			r := NewReadiness()
 			if tc.pod != nil {
 				r.add(pods, tc.pod)
 			}
-			counts := NewObjectCounts(tracker, r)
+			counts := NewObjectCounts(tc.tracker, r)
 			counts.countFilled(context.Background())
 			counts.countFilled(context.Background())
 			got, err := counts.Get(pods.String())
@@ -72,7 +86,7 @@ func TestObjectCounts(t *testing.T) {
 	// A count is forgotten with its resource's storage (a deleted CRD), and
 	// the storage made again is counted again.
 	r := NewReadiness()
-	counts := NewObjectCounts(flowcontrolrequest.NewStorageObjectCountTracker(), r)
+	counts := NewObjectCounts(fakeTracker{}, r)
 	widgetStorage := &countedStorage{fakeStorage: fakeStorage{ready: true}, stats: widgetStats}
 	remove := r.add(widgets, widgetStorage)
 	counts.countFilled(context.Background())

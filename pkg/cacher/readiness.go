@@ -1,7 +1,10 @@
 // Package cacher is Bulwark's layer over upstream's watch cache: storage
 // decorators, installed through the RESTOptionsGetters of every server, that
-// add label and field indexes to the watch caches (Indexes) and record which
-// resources' watch caches are filled (Readiness).
+// add label and field indexes to the watch caches (Indexes), make the
+// objects in them share their common values (ShareValues) and record which
+// resources' watch caches are filled (Readiness); and each resource's size
+// as soon as its watch cache is filled, for the large-LIST limit
+// (ObjectCounts).
 package cacher
 
 import (
