@@ -137,10 +137,10 @@ func slowWatchersScenario(ctx context.Context, s *server, p Params) (*measuremen
 		{"events lost (pods not at their last version)", "count", float64(lost)},
 		{"slow watchers caught up after", "s", caughtUpAfter.Seconds()},
 	}
-	values = append(values, relistCauseValues("relists", watchers, causesBefore)...)
 	if caughtUp != nil {
 		values[len(values)-1].value = math.NaN()
 	}
+	values = append(values, relistCauseValues("relists", watchers, causesBefore)...)
 	return &measurement{values: values}, nil
 }
 
