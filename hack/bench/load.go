@@ -165,8 +165,6 @@ func heartbeatScenario(ctx context.Context, s *server, p Params, withFlood bool)
 	return m, nil
 }
 
-// renew updates a Lease as the kubelet does: from its last copy, and after
-// a conflict from a fresh read.
 // renewalFailures counts failed Lease renewals by why they failed, and
 // logs the first failure of each kind.
 type renewalFailures struct {
@@ -215,6 +213,8 @@ func (f *renewalFailures) values() []namedValue {
 	return values
 }
 
+// renew updates a Lease as the kubelet does: from its last copy, and after
+// a conflict from a fresh read.
 func renew(ctx context.Context, client kubernetes.Interface, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	leases := client.CoordinationV1().Leases(l.Namespace)
 	for range 5 {

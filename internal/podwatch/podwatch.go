@@ -112,7 +112,7 @@ func (w *Watcher) listWatch(client kubernetes.Interface) *cache.ListWatch {
 				return nil, err
 			}
 			w.watches.Add(1)
-			w.watchStarted.Store(start.UnixNano())
+			w.watchStarted.Store(time.Now().UnixNano())
 			w.ended("")
 			return w.observe(wi, start), nil
 		},
