@@ -133,7 +133,9 @@ func (x Indexes) Decorate(decorate generic.StorageDecorator) generic.StorageDeco
 		for _, served := range []string{"index", "scan"} {
 			setSelectorLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource, served)
 		}
-		indexedStreamingLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource)
+		for _, selection := range []string{"index", "namespace"} {
+			listedStreamingLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource, selection)
+		}
 		indexed := &indexedStorage{Interface: s, resource: config.GroupResource, prefix: resourcePrefix, labels: labels, fields: fields, keyFunc: keyFunc, newFunc: newFunc, newList: newListFunc}
 		ctx, stopReporting := context.WithCancel(context.Background())
 		go indexed.reportIndexSizes(ctx, indexCensusInterval)

@@ -16,13 +16,13 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"group", "resource", "served"})
 
-	indexedStreamingLists = metrics.NewCounterVec(&metrics.CounterOpts{
+	listedStreamingLists = metrics.NewCounterVec(&metrics.CounterOpts{
 		Namespace:      "bulwark",
 		Subsystem:      "watch_cache",
-		Name:           "indexed_streaming_lists_total",
-		Help:           "Watches with initial events (streaming lists) whose selector an index serves, answered by an indexed LIST and a watch from its resourceVersion instead of a filter of every object of the resource.",
+		Name:           "listed_streaming_lists_total",
+		Help:           "Watches with initial events (streaming lists) answered by LISTs of what they select and a watch from their resourceVersion instead of a filter of every object of the resource, by what selected it: index (a selector an index serves) or namespace.",
 		StabilityLevel: metrics.ALPHA,
-	}, []string{"group", "resource"})
+	}, []string{"group", "resource", "selection"})
 
 	indexEntries = metrics.NewGaugeVec(&metrics.GaugeOpts{
 		Namespace:      "bulwark",
@@ -55,6 +55,6 @@ var (
 // which /metrics serves.
 func RegisterMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(setSelectorLists, indexedStreamingLists, indexEntries, indexMemory, sharedValues)
+		legacyregistry.MustRegister(setSelectorLists, listedStreamingLists, indexEntries, indexMemory, sharedValues)
 	})
 }

@@ -2,9 +2,12 @@ package cacher
 
 import (
 	"context"
+	"errors"
 	"slices"
+	"strings"
 	"sync"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -13,58 +16,94 @@ import (
 )
 
 // Watch serves a streaming list (a watch with initial events, which
-// client-go's reflectors send instead of a LIST since Kubernetes 1.35)
-// whose selector an index serves by an indexed LIST and a watch from its
-// resourceVersion. Upstream's watch cache filters its initial events from
-// every object of the resource: a kubelet's streaming list of its node's
-// pods reads all of the cluster's, and 10,000 of them at once (every kubelet
-// after the apiserver answered their watches 410) hold as many copies of
-// the whole resource's events until each is filtered. Every other watch is
-// the watch cache's.
+// client-go's reflectors send instead of a LIST since Kubernetes 1.35) of
+// one namespace, or whose selector an index serves, by LISTs of what it
+// selects and a watch from their resourceVersion. Upstream's watch cache
+// builds a streaming list's initial events from every object of the
+// resource and filters them after, index or namespace: a kubelet's
+// streaming list of its node's pods reads all of the cluster's, and so
+// does an informer's of a namespace of 100 pods; 10,000 of them at once
+// (every kubelet after the apiserver answered their watches 410) hold as
+// many copies of the whole resource's events until each is filtered.
+// Every other watch is the watch cache's.
 func (s *indexedStorage) Watch(ctx context.Context, key string, opts storage.ListOptions) (watch.Interface, error) {
 	if opts.SendInitialEvents == nil || !*opts.SendInitialEvents ||
 		(opts.Predicate.ShardSelector != nil && !opts.Predicate.ShardSelector.Empty()) {
 		return s.Interface.Watch(ctx, key, opts)
 	}
+	selection := "index"
+	if indexed := s.withIndexes(opts.Predicate); len(indexed.MatcherIndex(ctx)) == 0 {
+		if !opts.Recursive || strings.TrimSuffix(key, "/") == strings.TrimSuffix(s.prefix, "/") {
+			return s.Interface.Watch(ctx, key, opts)
+		}
+		selection = "namespace"
+	}
 	// A cache that is not ready would send the LIST to etcd; its watch
 	// answers as upstream's does (429 while it fills).
-	if indexed := s.withIndexes(opts.Predicate); len(indexed.MatcherIndex(ctx)) == 0 || s.ReadinessCheck() != nil {
+	if s.ReadinessCheck() != nil {
 		return s.Interface.Watch(ctx, key, opts)
 	}
 	listOpts := storage.ListOptions{ResourceVersion: opts.ResourceVersion, Predicate: opts.Predicate, Recursive: opts.Recursive}
+	listOpts.Predicate.Limit = initialEventsPage
 	if opts.ResourceVersion != "" {
 		// "" is the latest (a consistent read), as for the watch.
 		listOpts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
 	}
-	list := s.newList()
-	if err := s.GetList(ctx, key, listOpts, list); err != nil {
-		return nil, err
-	}
-	listRV, err := meta.ListAccessor(list)
-	if err != nil {
-		return nil, err
-	}
-	initial, err := meta.ExtractList(list)
+	first, listRV, continueToken, err := s.listPage(ctx, key, listOpts)
 	if err != nil {
 		return nil, err
 	}
 	var end runtime.Object
 	if opts.Predicate.AllowWatchBookmarks {
 		// The bookmark that ends the initial events, as the watch cache's.
-		if end, err = initialEventsEnd(s.newFunc(), s.Versioner(), listRV.GetResourceVersion()); err != nil {
+		if end, err = initialEventsEnd(s.newFunc(), s.Versioner(), listRV); err != nil {
 			return nil, err
 		}
 	}
 	after := opts
-	after.SendInitialEvents, after.ResourceVersion, after.ResourceVersionMatch = nil, listRV.GetResourceVersion(), ""
+	after.SendInitialEvents, after.ResourceVersion, after.ResourceVersionMatch = nil, listRV, ""
 	w, err := s.Interface.Watch(ctx, key, after)
 	if err != nil {
 		return nil, err
 	}
-	indexedStreamingLists.WithLabelValues(s.resource.Group, s.resource.Resource).Inc()
+	listedStreamingLists.WithLabelValues(s.resource.Group, s.resource.Resource, selection).Inc()
+	// The next pages are listed as the client takes the initial events:
+	// a streaming list holds one page of them at a time, whatever the
+	// namespace's size. Each is read at the first page's resourceVersion.
+	nextPage := func() (page []runtime.Object, more bool, err error) {
+		if continueToken == "" {
+			return nil, false, nil
+		}
+		pageOpts := storage.ListOptions{Predicate: opts.Predicate, Recursive: opts.Recursive}
+		pageOpts.Predicate.Limit, pageOpts.Predicate.Continue = initialEventsPage, continueToken
+		page, _, continueToken, err = s.listPage(ctx, key, pageOpts)
+		return page, true, err
+	}
 	sl := &streamingList{inner: w, result: make(chan watch.Event), done: make(chan struct{})}
-	go sl.run(initial, end)
+	go sl.run(first, nextPage, end)
 	return sl, nil
+}
+
+// initialEventsPage is how many objects a streaming list served by LISTs
+// reads at a time (a variable for the tests).
+var initialEventsPage int64 = 500
+
+// listPage lists one page: its objects, resourceVersion and the continue
+// token of the next page ("" if none).
+func (s *indexedStorage) listPage(ctx context.Context, key string, opts storage.ListOptions) ([]runtime.Object, string, string, error) {
+	list := s.newList()
+	if err := s.GetList(ctx, key, opts, list); err != nil {
+		return nil, "", "", err
+	}
+	listMeta, err := meta.ListAccessor(list)
+	if err != nil {
+		return nil, "", "", err
+	}
+	items, err := meta.ExtractList(list)
+	if err != nil {
+		return nil, "", "", err
+	}
+	return items, listMeta.GetResourceVersion(), listMeta.GetContinue(), nil
 }
 
 // withIndexes tells a selection which indexes it may be served by: the
@@ -115,7 +154,7 @@ func (w *streamingList) Stop() {
 	})
 }
 
-func (w *streamingList) run(initial []runtime.Object, end runtime.Object) {
+func (w *streamingList) run(initial []runtime.Object, nextPage func() ([]runtime.Object, bool, error), end runtime.Object) {
 	defer close(w.result)
 	defer w.Stop()
 	send := func(e watch.Event) bool {
@@ -126,8 +165,23 @@ func (w *streamingList) run(initial []runtime.Object, end runtime.Object) {
 			return false
 		}
 	}
-	for _, obj := range initial {
-		if !send(watch.Event{Type: watch.Added, Object: obj}) {
+	for page, more := initial, true; more; {
+		for _, obj := range page {
+			if !send(watch.Event{Type: watch.Added, Object: obj}) {
+				return
+			}
+		}
+		var err error
+		if page, more, err = nextPage(); err != nil {
+			// A page the cache no longer has a snapshot for and etcd
+			// compacted (410): the watch ends with the error, as the
+			// watch cache's end, and the client lists again.
+			status := apierrors.NewInternalError(err).ErrStatus
+			var apiStatus apierrors.APIStatus
+			if errors.As(err, &apiStatus) {
+				status = apiStatus.Status()
+			}
+			send(watch.Event{Type: watch.Error, Object: &status})
 			return
 		}
 	}

@@ -17,14 +17,17 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// TestStreamingLists: a streaming list whose selector an index serves
-// (served by an indexed LIST and a watch from its resourceVersion) sends
-// what the watch cache's own sends — the same initial objects, the bookmark
-// that ends them at the same resourceVersion, then the same events — for
-// each resourceVersion a client may start from; one no index serves is the
-// watch cache's.
+// TestStreamingLists: a streaming list of a namespace or whose selector an
+// index serves (served by LISTs, in pages, and a watch from their
+// resourceVersion) sends what the watch cache's own sends — the same
+// initial objects, the bookmark that ends them at the same resourceVersion,
+// then the same events — for each resourceVersion a client may start from;
+// a cluster-wide one no index serves is the watch cache's.
 func TestStreamingLists(t *testing.T) {
 	RegisterMetrics()
+	// Pages of 3, so that the initial events of every case take several.
+	defer func(size int64) { initialEventsPage = size }(initialEventsPage)
+	initialEventsPage = 3
 	s := newIndexedStorage(t)
 	indexed := s.(*indexedStorage)
 	ctx := context.Background()
@@ -56,14 +59,18 @@ func TestStreamingLists(t *testing.T) {
 	tests := []struct {
 		name, key, label, field, resourceVersion string
 		late                                     metav1.ObjectMeta
-		indexed                                  bool
+		listed                                   bool
 	}{
-		{name: "label, latest", key: "/pods/", label: "app=a1", late: lateIn("ns-0", "a1"), indexed: true},
-		{name: "label, any", key: "/pods/", label: "app=a1", resourceVersion: "0", late: lateIn("ns-1", "a1"), indexed: true},
-		{name: "label, not older than", key: "/pods/", label: "app=a2", resourceVersion: middle, late: lateIn("ns-0", "a2"), indexed: true},
-		{name: "field", key: "/pods/", field: "status.phase=Running", late: lateIn("ns-1", "a0"), indexed: true},
-		{name: "namespaced label", key: "/pods/ns-1", label: "app=a0", late: lateIn("ns-1", "a0"), indexed: true},
-		{name: "label and more", key: "/pods/", label: "app=a1,tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1"), indexed: true},
+		{name: "label, latest", key: "/pods/", label: "app=a1", late: lateIn("ns-0", "a1"), listed: true},
+		{name: "label, any", key: "/pods/", label: "app=a1", resourceVersion: "0", late: lateIn("ns-1", "a1"), listed: true},
+		{name: "label, not older than", key: "/pods/", label: "app=a2", resourceVersion: middle, late: lateIn("ns-0", "a2"), listed: true},
+		{name: "field", key: "/pods/", field: "status.phase=Running", late: lateIn("ns-1", "a0"), listed: true},
+		{name: "namespaced label", key: "/pods/ns-1", label: "app=a0", late: lateIn("ns-1", "a0"), listed: true},
+		{name: "label and more", key: "/pods/", label: "app=a1,tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1"), listed: true},
+		{name: "namespace, latest", key: "/pods/ns-0", late: lateIn("ns-0", "a2"), listed: true},
+		{name: "namespace, any", key: "/pods/ns-1", resourceVersion: "0", late: lateIn("ns-1", "a1"), listed: true},
+		{name: "namespace, not older than", key: "/pods/ns-1", resourceVersion: middle, late: lateIn("ns-1", "a0"), listed: true},
+		{name: "namespace, no index", key: "/pods/ns-0", label: "tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1"), listed: true},
 		{name: "no index", key: "/pods/", label: "tier!=x", late: lateIn("ns-0", "a2")},
 		{name: "set", key: "/pods/", label: "app in (a0,a1)", late: lateIn("ns-0", "a0")},
 	}
@@ -95,8 +102,8 @@ func TestStreamingLists(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ours.Stop()
-			if _, served := ours.(*streamingList); served != tt.indexed {
-				t.Fatalf("served by an index: %v, want %v", served, tt.indexed)
+			if _, listed := ours.(*streamingList); listed != tt.listed {
+				t.Fatalf("served by LISTs: %v, want %v", listed, tt.listed)
 			}
 			theirs, err := indexed.Interface.Watch(ctx, tt.key, opts)
 			if err != nil {

@@ -85,7 +85,7 @@ func TestWatchesResumeAcrossRestarts(t *testing.T) {
 	// Their streaming lists (client-go's default) were served through
 	// the spec.nodeName index, not a filter of every pod (docs/cacher.md).
 	if clientfeatures.FeatureGates().Enabled(clientfeatures.WatchListClient) {
-		if n := metricSum(t, metrics(t, server), "bulwark_watch_cache_indexed_streaming_lists_total"); n < resumeNodes {
+		if n := metricSum(t, metrics(t, server), "bulwark_watch_cache_listed_streaming_lists_total"); n < resumeNodes {
 			t.Errorf("%v streaming lists served through an index, want the %d reflectors'", n, resumeNodes)
 		}
 	}
