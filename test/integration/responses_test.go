@@ -45,7 +45,11 @@ func TestResponsesAreUpstreams(t *testing.T) {
 	bins := framework.Bins(t)
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
 	data := seed.Data{Pods: 600, Nodes: 12, Namespaces: 3, Apps: 10, Workloads: true}
-	if err := seed.Put(context.Background(), etcd.ClientURL, data.Objects(seed.Now())); err != nil {
+	// Tables show each object's age, rendered when served: objects created
+	// 30 days and 12 hours ago show "30d" on both servers for 12 hours, so
+	// two answers a second apart cannot differ by it.
+	created := metav1.NewTime(seed.Now().Add(-(30*24 + 12) * time.Hour))
+	if err := seed.Put(context.Background(), etcd.ClientURL, data.Objects(created)); err != nil {
 		t.Fatal(err)
 	}
 	args := []string{"--service-cluster-ip-range=" + seed.ServiceCIDR}
