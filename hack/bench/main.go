@@ -71,6 +71,7 @@ func main() {
 	flag.IntVar(&p.RestartWatchers, "restart-watchers", 200, "kubelet-style watchers of the restart scenario (at most one per node)")
 	flag.IntVar(&p.SlowWatchers, "slow-watchers", 300, "watchers of the slow-watchers scenario, a tenth of them slow (at most one per node)")
 	flag.IntVar(&p.SlowBurst, "slow-burst", 1200, "pod updates of the slow-watchers scenario's burst, 500 a second")
+	flag.IntVar(&p.NamespacedInformers, "namespaced-informers", 1000, "informers of one namespace's ConfigMaps started at once (the scenario runs with -configmaps)")
 	flag.IntVar(&p.KwokNodes, "kwok-nodes", 1000, "nodes kwok simulates in the kwok cluster scenario")
 	flag.IntVar(&p.KwokPods, "kwok-pods", 0, "pods of the kwok cluster scenario's Deployments at full size (0: the scenario is not run; make bench-kwok runs it)")
 	flag.Parse()

@@ -41,6 +41,9 @@ type Params struct {
 	StormClients      int
 	SlowWatchers      int
 	SlowBurst         int
+	// NamespacedInformers is how many informers of one namespace's
+	// ConfigMaps start at once (the scenario runs with -configmaps).
+	NamespacedInformers int
 	// KwokNodes and KwokPods size the kwok cluster scenario (0 pods: not run).
 	KwokNodes, KwokPods int
 }
@@ -94,6 +97,9 @@ func scenarios(p Params) []scenario {
 			}),
 			pagedListScenario("list namespace limit=500"+suffix, rv, max(p.ListSamples/10, 5), p),
 		)
+	}
+	if p.ConfigMaps > 0 {
+		out = append(out, scenario{name: "namespaced informers", run: namespacedInformersScenario})
 	}
 	if p.Widgets > 0 {
 		out = append(out, listScenario("list widgets label cluster-wide rv=\"\"", seed.WidgetResource, p.ListSamples, func(i int) string {

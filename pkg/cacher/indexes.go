@@ -133,10 +133,7 @@ func (x Indexes) Decorate(decorate generic.StorageDecorator) generic.StorageDeco
 		for _, served := range []string{"index", "scan"} {
 			setSelectorLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource, served)
 		}
-		for _, selection := range []string{"index", "namespace"} {
-			listedStreamingLists.WithLabelValues(config.GroupResource.Group, config.GroupResource.Resource, selection)
-		}
-		indexed := &indexedStorage{Interface: s, resource: config.GroupResource, prefix: resourcePrefix, labels: labels, fields: fields, keyFunc: keyFunc, newFunc: newFunc, newList: newListFunc}
+		indexed := &indexedStorage{Interface: s, resource: config.GroupResource, prefix: resourcePrefix, labels: labels, fields: fields, keyFunc: keyFunc, newList: newListFunc}
 		ctx, stopReporting := context.WithCancel(context.Background())
 		go indexed.reportIndexSizes(ctx, indexCensusInterval)
 		return indexed, func() {
@@ -178,8 +175,7 @@ func fieldValue(getAttrs storage.AttrFunc, field string) cache.IndexFunc {
 }
 
 // indexedStorage tells the watch cache which labels and fields it may look
-// up by index, serves label set selectors by one lookup per value, and
-// streaming lists by an index.
+// up by index, and serves label set selectors by one lookup per value.
 type indexedStorage struct {
 	storage.Interface
 	resource schema.GroupResource
@@ -187,7 +183,6 @@ type indexedStorage struct {
 	labels   []string
 	fields   []string
 	keyFunc  func(runtime.Object) (string, error)
-	newFunc  func() runtime.Object
 	newList  func() runtime.Object
 }
 
@@ -212,4 +207,15 @@ func (s *indexedStorage) GetList(ctx context.Context, key string, opts storage.L
 		}
 	}
 	return s.Interface.GetList(ctx, key, opts, listObj)
+}
+
+// withIndexes tells a selection which indexes it may be served by: the
+// registry's own and ours.
+func (s *indexedStorage) withIndexes(p storage.SelectionPredicate) storage.SelectionPredicate {
+	p.IndexLabels = s.labels
+	if len(s.fields) > 0 {
+		// The registry's own (spec.nodeName for pods) first, as upstream consults them.
+		p.IndexFields = append(slices.Clip(p.IndexFields), s.fields...)
+	}
+	return p
 }

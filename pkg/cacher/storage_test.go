@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apiserver/pkg/apis/example"
 	examplev1 "k8s.io/apiserver/pkg/apis/example/v1"
+	"k8s.io/apiserver/pkg/registry/generic"
 	genericregistry "k8s.io/apiserver/pkg/registry/generic/registry"
 	"k8s.io/apiserver/pkg/storage"
 	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
@@ -23,10 +24,26 @@ import (
 )
 
 // newIndexedStorage builds the storage the apiserver builds for a
-// resource with label indexes — upstream's StorageWithCacher (etcd3 storage,
-// watch cache, cache delegator) over a real etcd, decorated by Indexes —
-// for upstream's example Pods, the type upstream's storage tests use.
+// resource with label indexes (newPodStorage, decorated by Indexes).
 func newIndexedStorage(t *testing.T) storage.Interface {
+	s := newPodStorage(t, testIndexes.Decorate)
+	if _, ok := s.(*indexedStorage); !ok {
+		t.Fatalf("storage %T is not label-indexed", s)
+	}
+	return s
+}
+
+// testIndexes are the tests' indexes of example Pods.
+var testIndexes = Indexes{
+	Labels: map[schema.GroupResource][]string{{Resource: "pods"}: {"foo", "app"}},
+	Fields: map[schema.GroupResource][]string{{Resource: "pods"}: {"status.phase"}},
+}
+
+// newPodStorage builds upstream's StorageWithCacher (etcd3 storage, watch
+// cache, cache delegator) over a real etcd, decorated by decorate, for
+// upstream's example Pods (the type upstream's storage tests use), and
+// returns it once its cache is filled.
+func newPodStorage(t *testing.T, decorate func(generic.StorageDecorator) generic.StorageDecorator) storage.Interface {
 	scheme := runtime.NewScheme()
 	metav1.AddToGroupVersion(scheme, metav1.SchemeGroupVersion)
 	utilruntime.Must(example.AddToScheme(scheme))
@@ -37,14 +54,9 @@ func newIndexedStorage(t *testing.T) storage.Interface {
 	server, config := etcd3testing.NewUnsecuredEtcd3TestClientServer(t)
 	t.Cleanup(func() { server.Terminate(t) })
 	config.Codec = codec
-	gr := schema.GroupResource{Resource: "pods"}
-	indexes := Indexes{Labels: map[schema.GroupResource][]string{gr: {"foo", "app"}}, Fields: map[schema.GroupResource][]string{gr: {"status.phase"}}}
-	decorate := indexes.Decorate(genericregistry.StorageWithCacher())
-	const prefix = "/pods/"
-	resourceConfig := config.ForResource(gr)
+	resourceConfig := config.ForResource(schema.GroupResource{Resource: "pods"})
 	resourceConfig.EventsHistoryWindow = cacherstorage.DefaultEventFreshDuration
-	s, destroy, err := decorate(resourceConfig, prefix,
-		func(obj runtime.Object) (string, error) { return storage.NamespaceKeyFunc(prefix, obj) },
+	s, destroy, err := decorate(genericregistry.StorageWithCacher())(resourceConfig, podsPrefix, podKey,
 		func() runtime.Object { return &example.Pod{} },
 		func() runtime.Object { return &example.PodList{} },
 		examplePodAttrs, nil, nil)
@@ -52,9 +64,6 @@ func newIndexedStorage(t *testing.T) storage.Interface {
 		t.Fatal(err)
 	}
 	t.Cleanup(destroy)
-	if _, ok := s.(*indexedStorage); !ok {
-		t.Fatalf("storage %T is not label-indexed", s)
-	}
 	// The tests expect a storage that serves; the cache fills first.
 	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		return s.ReadinessCheck() == nil, nil
@@ -63,6 +72,11 @@ func newIndexedStorage(t *testing.T) storage.Interface {
 	}
 	return s
 }
+
+// podsPrefix is where the tests' storages keep example Pods.
+const podsPrefix = "/pods/"
+
+func podKey(obj runtime.Object) (string, error) { return storage.NamespaceKeyFunc(podsPrefix, obj) }
 
 func examplePodAttrs(obj runtime.Object) (labels.Set, fields.Set, error) {
 	pod := obj.(*example.Pod)

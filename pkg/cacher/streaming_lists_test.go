@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/apiserver/pkg/apis/example"
+	"k8s.io/apiserver/pkg/registry/generic"
 	"k8s.io/apiserver/pkg/storage"
 	"k8s.io/utils/ptr"
 )
@@ -22,14 +23,31 @@ import (
 // resourceVersion) sends what the watch cache's own sends — the same
 // initial objects, the bookmark that ends them at the same resourceVersion,
 // then the same events — for each resourceVersion a client may start from;
-// a cluster-wide one no index serves is the watch cache's.
+// a cluster-wide one no index serves is the watch cache's. Without
+// indexes, every streaming list of a namespace is still served by LISTs.
 func TestStreamingLists(t *testing.T) {
 	RegisterMetrics()
 	// Pages of 3, so that the initial events of every case take several.
 	defer func(size int64) { initialEventsPage = size }(initialEventsPage)
 	initialEventsPage = 3
-	s := newIndexedStorage(t)
-	indexed := s.(*indexedStorage)
+	for _, stack := range []struct {
+		name     string
+		decorate func(generic.StorageDecorator) generic.StorageDecorator
+		indexes  bool
+	}{
+		{name: "indexed", decorate: func(d generic.StorageDecorator) generic.StorageDecorator {
+			return StreamingLists(testIndexes.Decorate(d))
+		}, indexes: true},
+		{name: "no indexes", decorate: StreamingLists},
+	} {
+		t.Run(stack.name, func(t *testing.T) {
+			testStreamingLists(t, newPodStorage(t, stack.decorate), stack.indexes)
+		})
+	}
+}
+
+func testStreamingLists(t *testing.T, s storage.Interface, indexes bool) {
+	cache := s.(*listedStorage).Interface
 	ctx := context.Background()
 	create := func(i int) string {
 		pod := &example.Pod{ObjectMeta: metav1.ObjectMeta{
@@ -41,7 +59,7 @@ func TestStreamingLists(t *testing.T) {
 			pod.Status.Phase = "Running"
 		}
 		out := &example.Pod{}
-		key, _ := indexed.keyFunc(pod)
+		key, _ := podKey(pod)
 		if err := s.Create(ctx, key, pod, out, 0); err != nil {
 			t.Fatal(err)
 		}
@@ -55,22 +73,22 @@ func TestStreamingLists(t *testing.T) {
 	}
 
 	// late is a pod each case selects, created and deleted after the
-	// initial events.
+	// initial events. indexed: an index of the indexed stack serves it.
 	tests := []struct {
 		name, key, label, field, resourceVersion string
 		late                                     metav1.ObjectMeta
-		listed                                   bool
+		indexed                                  bool
 	}{
-		{name: "label, latest", key: "/pods/", label: "app=a1", late: lateIn("ns-0", "a1"), listed: true},
-		{name: "label, any", key: "/pods/", label: "app=a1", resourceVersion: "0", late: lateIn("ns-1", "a1"), listed: true},
-		{name: "label, not older than", key: "/pods/", label: "app=a2", resourceVersion: middle, late: lateIn("ns-0", "a2"), listed: true},
-		{name: "field", key: "/pods/", field: "status.phase=Running", late: lateIn("ns-1", "a0"), listed: true},
-		{name: "namespaced label", key: "/pods/ns-1", label: "app=a0", late: lateIn("ns-1", "a0"), listed: true},
-		{name: "label and more", key: "/pods/", label: "app=a1,tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1"), listed: true},
-		{name: "namespace, latest", key: "/pods/ns-0", late: lateIn("ns-0", "a2"), listed: true},
-		{name: "namespace, any", key: "/pods/ns-1", resourceVersion: "0", late: lateIn("ns-1", "a1"), listed: true},
-		{name: "namespace, not older than", key: "/pods/ns-1", resourceVersion: middle, late: lateIn("ns-1", "a0"), listed: true},
-		{name: "namespace, no index", key: "/pods/ns-0", label: "tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1"), listed: true},
+		{name: "label, latest", key: "/pods/", label: "app=a1", late: lateIn("ns-0", "a1"), indexed: true},
+		{name: "label, any", key: "/pods/", label: "app=a1", resourceVersion: "0", late: lateIn("ns-1", "a1"), indexed: true},
+		{name: "label, not older than", key: "/pods/", label: "app=a2", resourceVersion: middle, late: lateIn("ns-0", "a2"), indexed: true},
+		{name: "field", key: "/pods/", field: "status.phase=Running", late: lateIn("ns-1", "a0"), indexed: true},
+		{name: "namespaced label", key: "/pods/ns-1", label: "app=a0", late: lateIn("ns-1", "a0")},
+		{name: "label and more", key: "/pods/", label: "app=a1,tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1"), indexed: true},
+		{name: "namespace, latest", key: "/pods/ns-0", late: lateIn("ns-0", "a2")},
+		{name: "namespace, any", key: "/pods/ns-1", resourceVersion: "0", late: lateIn("ns-1", "a1")},
+		{name: "namespace, not older than", key: "/pods/ns-1", resourceVersion: middle, late: lateIn("ns-1", "a0")},
+		{name: "namespace, no index", key: "/pods/ns-0", label: "tier!=x", field: "status.phase!=Pending", late: lateIn("ns-0", "a1")},
 		{name: "no index", key: "/pods/", label: "tier!=x", late: lateIn("ns-0", "a2")},
 		{name: "set", key: "/pods/", label: "app in (a0,a1)", late: lateIn("ns-0", "a0")},
 	}
@@ -102,10 +120,11 @@ func TestStreamingLists(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer ours.Stop()
-			if _, listed := ours.(*streamingList); listed != tt.listed {
-				t.Fatalf("served by LISTs: %v, want %v", listed, tt.listed)
+			wantListed := tt.key != "/pods/" || indexes && tt.indexed
+			if _, listed := ours.(*streamingList); listed != wantListed {
+				t.Fatalf("served by LISTs: %v, want %v", listed, wantListed)
 			}
-			theirs, err := indexed.Interface.Watch(ctx, tt.key, opts)
+			theirs, err := cache.Watch(ctx, tt.key, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -121,7 +140,7 @@ func TestStreamingLists(t *testing.T) {
 			pod := &example.Pod{ObjectMeta: tt.late}
 			pod.Name = fmt.Sprintf("late-%d", i)
 			pod.Status.Phase = "Running"
-			key, _ := indexed.keyFunc(pod)
+			key, _ := podKey(pod)
 			if err := s.Create(ctx, key, pod, &example.Pod{}, 0); err != nil {
 				t.Fatal(err)
 			}

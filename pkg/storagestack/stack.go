@@ -1,7 +1,8 @@
 // Package storagestack composes Bulwark's storage decorators around the
 // storage of every resource, in the order the server installs them: the
 // sharing of values between the objects upstream's watch cache takes in,
-// label and field indexes over the watch cache, then bookmarks and start
+// label and field indexes over the watch cache, the streaming lists of a
+// namespace or an index served by LISTs, then bookmarks and start
 // histories (the path every watch takes), then the readiness registry. The
 // server and the storage suite that proves the composition against
 // upstream's own storage tests (suite_test.go) both build it with Decorate,
@@ -37,6 +38,7 @@ func (s Stack) Decorate(getter generic.RESTOptionsGetter) generic.RESTOptionsGet
 	if len(s.Indexes.Labels) > 0 || len(s.Indexes.Fields) > 0 {
 		getter = cacher.WithStorageDecorator(getter, s.Indexes.Decorate)
 	}
+	getter = cacher.WithStorageDecorator(getter, cacher.StreamingLists)
 	if s.Bookmarks != nil && s.Bookmarks.Active() {
 		getter = cacher.WithStorageDecorator(getter, s.Bookmarks.Decorate)
 	}

@@ -37,14 +37,15 @@ var representations = map[string]string{
 // TestResponsesAreUpstreams runs upstream's binary and ours on one etcd
 // holding pods as a cluster writes them, and checks that GETs, LISTs (from
 // the watch cache, consistent, by label and field selectors our indexes
-// serve, paged) and WATCHes (initial events, streaming lists by node, the
+// serve, paged) and WATCHes (initial events; streaming lists by namespace,
+// node and label, of pods and of ConfigMaps, which have no index; the
 // events of a write) answer byte for byte what upstream answers, in every
 // representation: what Bulwark does to hold its objects (shared values,
 // indexes) and serve its watches changes no byte a client reads.
 func TestResponsesAreUpstreams(t *testing.T) {
 	bins := framework.Bins(t)
 	etcd := framework.StartEtcd(t, framework.EtcdOptions{})
-	data := seed.Data{Pods: 600, Nodes: 12, Namespaces: 3, Apps: 10, Workloads: true}
+	data := seed.Data{Pods: 600, Nodes: 12, Namespaces: 3, Apps: 10, Workloads: true, ConfigMaps: 30}
 	// Tables show each object's age, rendered when served: objects created
 	// 30 days and 12 hours ago show "30d" on both servers for 12 hours, so
 	// two answers a second apart cannot differ by it.
@@ -105,13 +106,34 @@ func TestResponsesAreUpstreams(t *testing.T) {
 	}
 
 	// Watches: their initial events up to the bookmark that ends them, then
-	// the events of one write.
-	watches := []string{
-		"/api/v1/namespaces/" + ns + "/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true",
-		"/api/v1/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&fieldSelector=" + url.QueryEscape("spec.nodeName="+seed.NodeName(3)),
-		"/api/v1/pods?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&labelSelector=" + url.QueryEscape("app=app-3"),
+	// the events of one write, into the pod or into a ConfigMap of its
+	// namespace (a resource without Bulwark's indexes).
+	const streamingList = "watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+	writePod := func(patch []byte) error {
+		_, err := upstream.Client.CoreV1().Pods(ns).Patch(context.Background(), pod, types.MergePatchType, patch, metav1.PatchOptions{})
+		return err
 	}
-	for _, path := range watches {
+	configMaps, err := upstream.Client.CoreV1().ConfigMaps(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(configMaps.Items) < 2 {
+		t.Fatalf("the ConfigMaps of %s: %v, %v", ns, configMaps, err)
+	}
+	writeConfigMap := func(patch []byte) error {
+		_, err := upstream.Client.CoreV1().ConfigMaps(ns).Patch(context.Background(), configMaps.Items[1].Name, types.MergePatchType, patch, metav1.PatchOptions{})
+		return err
+	}
+	watches := []struct {
+		path  string
+		write func(patch []byte) error
+	}{
+		{"/api/v1/namespaces/" + ns + "/pods?" + streamingList, writePod},
+		{"/api/v1/pods?" + streamingList + "&fieldSelector=" + url.QueryEscape("spec.nodeName="+seed.NodeName(3)), writePod},
+		{"/api/v1/pods?" + streamingList + "&labelSelector=" + url.QueryEscape("app=app-3"), writePod},
+		{"/api/v1/namespaces/" + ns + "/configmaps?" + streamingList, writeConfigMap},
+	}
+	const listedConfigMaps = `bulwark_watch_cache_listed_streaming_lists_total{group="",resource="configmaps",selection="namespace"}`
+	listedBefore := metricSum(t, metrics(t, ours), listedConfigMaps)
+	for _, watch := range watches {
+		path := watch.path
 		for _, name := range []string{"json", "protobuf"} {
 			streams := make([]*watchStream, len(servers))
 			for i, s := range servers {
@@ -125,7 +147,7 @@ func TestResponsesAreUpstreams(t *testing.T) {
 				t.Errorf("watch %s as %s: initial events differ:\n%s", path, name, firstDifference(initial[0], initial[1]))
 			}
 			patch := fmt.Sprintf(`{"metadata":{"annotations":{"written":"%d"}}}`, time.Now().UnixNano())
-			if _, err := upstream.Client.CoreV1().Pods(ns).Patch(context.Background(), pod, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			if err := watch.write([]byte(patch)); err != nil {
 				t.Fatal(err)
 			}
 			events := make([][]byte, len(servers))
@@ -139,6 +161,11 @@ func TestResponsesAreUpstreams(t *testing.T) {
 				w.close()
 			}
 		}
+	}
+	// Ours served the ConfigMaps' two (JSON, protobuf) by LISTs of the
+	// namespace, not by upstream's filter of every ConfigMap.
+	if n := metricSum(t, metrics(t, ours), listedConfigMaps) - listedBefore; n != 2 {
+		t.Errorf("%s grew by %v, want 2", listedConfigMaps, n)
 	}
 }
 
