@@ -90,11 +90,9 @@ func (s *listedStorage) Watch(ctx context.Context, key string, opts storage.List
 	listOpts := storage.ListOptions{ResourceVersion: opts.ResourceVersion, Predicate: opts.Predicate, Recursive: opts.Recursive}
 	if selection == "namespace" {
 		// A namespace is listed in pages. What an index selects (a node's
-		// pods) is listed at once: a page of it costs as much as all of
-		// it, and 10,000 kubelets' streaming lists with a limit took an
-		// apiserver at 200,000 pods past 12 GiB where without one they
-		// synced at 5.4 GiB (the bench's restart scenario at 8668439 and
-		// b457f2a).
+		// pods) is listed at once: with a limit, 10,000 kubelets' streaming
+		// lists took an apiserver at 200,000 pods past 12 GiB, without one
+		// 5.4 GiB (the bench's restart scenario; why, not established).
 		listOpts.Predicate.Limit = initialEventsPage
 	}
 	if opts.ResourceVersion != "" {
