@@ -279,7 +279,7 @@ func startGoodClients(ctx context.Context, s *server, p Params) (*goodClients, e
 				var path string
 				switch j := n * 7919 % p.Pods; n % 3 {
 				case 0:
-					path = "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + seed.PodName(j)
+					path = "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + p.PodName(j)
 				case 1:
 					path = "/api/v1/pods?fieldSelector=spec.nodeName%3D" + seed.NodeName(j%p.Nodes)
 				default:

@@ -53,7 +53,7 @@ func churn(ctx context.Context, s *server, p Params) []int {
 		}
 		j := i * 7919 % p.Pods // spread over the nodes
 		patch := fmt.Sprintf(`{"metadata":{"annotations":{"bench/churn":"%d"}}}`, i)
-		path := s.url + "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + seed.PodName(j)
+		path := s.url + "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + p.PodName(j)
 		if _, _, err := timed(ctx, s.http, http.MethodPatch, path, goodUserAgent, "application/merge-patch+json", []byte(patch)); err == nil {
 			changed = append(changed, j)
 		}
@@ -64,7 +64,7 @@ func churn(ctx context.Context, s *server, p Params) []int {
 // sees the same data.
 func unchurn(ctx context.Context, s *server, p Params, changed []int) error {
 	for _, j := range changed {
-		path := s.url + "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + seed.PodName(j)
+		path := s.url + "/api/v1/namespaces/" + seed.NamespaceName(p.PodNamespace(j)) + "/pods/" + p.PodName(j)
 		if _, _, err := timed(ctx, s.http, http.MethodPatch, path, goodUserAgent, "application/merge-patch+json", []byte(`{"metadata":{"annotations":{"bench/churn":null}}}`)); err != nil {
 			return err
 		}

@@ -210,7 +210,7 @@ func getScenario(ctx context.Context, s *server, p Params) (*measurement, error)
 	var l Latencies
 	for i := range p.GetSamples {
 		j := i * 7919 % p.Pods
-		d, _, err := timed(ctx, s.http, http.MethodGet, s.url+"/api/v1/namespaces/"+seed.NamespaceName(p.PodNamespace(j))+"/pods/"+seed.PodName(j), goodUserAgent, "", nil)
+		d, _, err := timed(ctx, s.http, http.MethodGet, s.url+"/api/v1/namespaces/"+seed.NamespaceName(p.PodNamespace(j))+"/pods/"+p.PodName(j), goodUserAgent, "", nil)
 		if err != nil {
 			return nil, err
 		}

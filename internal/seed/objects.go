@@ -57,7 +57,31 @@ func (d Data) Count() int {
 func NamespaceName(i int) string { return fmt.Sprintf("ns-%d", i) }
 func NodeName(i int) string      { return fmt.Sprintf("node-%d", i) }
 func AppName(i int) string       { return fmt.Sprintf("app-%d", i) }
-func PodName(i int) string       { return fmt.Sprintf("pod-%d", i) }
+
+// PodName is pod i's name as the ReplicaSet controller gives it: its
+// ReplicaSet's name and five random characters (generateName). So, as in a
+// cluster, a namespace's pods lie in etcd and in a watch cache's key order
+// by workload, the pods of one ReplicaSet side by side; what a page of a
+// LIST reads in turn depends on it.
+func (d Data) PodName(i int) string {
+	apps := max(1, d.Apps)
+	// The five characters of the app's k-th pod are those of k times a
+	// number prime to 27 (so every k up to 27⁵ has its own), not in k's order.
+	return replicaSetName(i%apps) + "-" + randomSuffix(uint64(i/apps)*7919)
+}
+
+// randomSuffix are the five characters the apiserver draws for a
+// generated name (k8s.io/apimachinery's rand.String), made of n: its last
+// five digits in base 27.
+func randomSuffix(n uint64) string {
+	const alphabet = "bcdfghjklmnpqrstvwxz2456789"
+	var b [5]byte
+	for k := range b {
+		b[k] = alphabet[n%uint64(len(alphabet))]
+		n /= uint64(len(alphabet))
+	}
+	return string(b[:])
+}
 
 // PodNamespace is the index of pod i's namespace.
 func (d Data) PodNamespace(i int) int { return (i / max(1, d.Apps)) % d.Namespaces }

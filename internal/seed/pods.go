@@ -68,7 +68,7 @@ func (d Data) PodWrites(i int, now metav1.Time) PodWrites {
 	template := podTemplate(app)
 	p := &corev1.Pod{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: metav1.ObjectMeta{Name: PodName(i), Namespace: NamespaceName(d.PodNamespace(i))},
+		ObjectMeta: metav1.ObjectMeta{Name: d.PodName(i), Namespace: NamespaceName(d.PodNamespace(i))},
 		Spec:       template.Spec,
 	}
 	p.Labels = map[string]string{"app": app, "pod-template-hash": podTemplateHash(app), "tier": []string{"frontend", "backend", "cache"}[i%3]}
@@ -107,7 +107,7 @@ func (d Data) PodWrites(i int, now metav1.Time) PodWrites {
 				ImageID: "registry.example/" + app + "@sha256:" + fmt.Sprintf("%064x", hash(app)), ContainerID: fmt.Sprintf("containerd://%064x", i),
 				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 				VolumeMounts: []corev1.VolumeMountStatus{{
-					Name: serviceAccountVolume(i), MountPath: serviceAccountMountPath, ReadOnly: true,
+					Name: serviceAccountVolume(p.Name), MountPath: serviceAccountMountPath, ReadOnly: true,
 					RecursiveReadOnly: ptr.To(corev1.RecursiveReadOnlyDisabled),
 				}},
 			}},
@@ -119,16 +119,9 @@ func (d Data) PodWrites(i int, now metav1.Time) PodWrites {
 const serviceAccountMountPath = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 // serviceAccountVolume is the name the ServiceAccount admission plugin
-// gives pod i's token volume (five random characters there).
-func serviceAccountVolume(i int) string {
-	const alphabet = "bcdfghjklmnpqrstvwxz2456789"
-	var b [5]byte
-	h := hash(PodName(i))
-	for k := range b {
-		b[k] = alphabet[h%uint64(len(alphabet))]
-		h /= uint64(len(alphabet))
-	}
-	return "kube-api-access-" + string(b[:])
+// gives a pod's token volume (five random characters there).
+func serviceAccountVolume(pod string) string {
+	return "kube-api-access-" + randomSuffix(hash(pod))
 }
 
 // Pod is the i-th pod as etcd holds it after its writes (PodWrites), byte
@@ -154,7 +147,7 @@ func (d Data) Pod(i int, now metav1.Time) *corev1.Pod {
 		{Key: "node.kubernetes.io/not-ready", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To[int64](300)},
 		{Key: "node.kubernetes.io/unreachable", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute, TolerationSeconds: ptr.To[int64](300)},
 	}
-	volume := serviceAccountVolume(i)
+	volume := serviceAccountVolume(p.Name)
 	s.Volumes = append(s.Volumes, corev1.Volume{Name: volume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 		Sources: []corev1.VolumeProjection{
 			{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{ExpirationSeconds: ptr.To[int64](3607), Path: "token"}},

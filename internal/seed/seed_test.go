@@ -2,6 +2,8 @@ package seed
 
 import (
 	"bytes"
+	"slices"
+	"strings"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -107,5 +109,37 @@ func TestLargeClusterData(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("pod %s is in no EndpointSlice of its Service", pod.Name)
+	}
+}
+
+// TestPodNames: pods are named as the ReplicaSet controller names them,
+// each its own name, so that a namespace's pods lie in key order by
+// ReplicaSet, as a cluster's do.
+func TestPodNames(t *testing.T) {
+	d := Data{Pods: 20000, Nodes: 10, Namespaces: 4, Apps: 50}
+	seen := map[string]bool{}
+	keys := make([]string, d.Pods)
+	for i := range d.Pods {
+		name, rs := d.PodName(i), replicaSetName(i%d.Apps)
+		if !strings.HasPrefix(name, rs+"-") || len(name) != len(rs)+6 {
+			t.Fatalf("pod %d is %q, want its ReplicaSet's name %q and five characters", i, name, rs)
+		}
+		if seen[name] {
+			t.Fatalf("pod %d is %q, as another pod", i, name)
+		}
+		seen[name] = true
+		keys[i] = NamespaceName(d.PodNamespace(i)) + "/" + name
+	}
+	slices.Sort(keys)
+	// A run: the pods of one ReplicaSet (namespace/name) side by side.
+	owner := func(key string) string { return key[:strings.LastIndex(key, "-")] }
+	runs := 0
+	for k, key := range keys {
+		if k == 0 || owner(key) != owner(keys[k-1]) {
+			runs++
+		}
+	}
+	if want := d.Namespaces * d.Apps; runs != want {
+		t.Errorf("the pods lie in %d runs of one ReplicaSet's in key order, want %d", runs, want)
 	}
 }

@@ -220,7 +220,7 @@ func (d Data) EndpointSlices(ns, a int, now metav1.Time) []*discoveryv1.Endpoint
 				Addresses:  []string{podIP(i)},
 				Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)},
 				NodeName:   ptr.To(NodeName(i % d.Nodes)),
-				TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: namespace, Name: PodName(i), UID: objectMeta(PodName(i), namespace, now).UID},
+				TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: namespace, Name: d.PodName(i), UID: objectMeta(d.PodName(i), namespace, now).UID},
 			})
 		}
 		slices = append(slices, s)
@@ -257,7 +257,7 @@ var eventReasons = []struct{ reason, message, component string }{
 func (d Data) Event(i int, now metav1.Time) *corev1.Event {
 	p := (i / len(eventReasons)) % max(1, d.Pods)
 	r := eventReasons[i%len(eventReasons)]
-	namespace, pod, node := NamespaceName(d.PodNamespace(p)), PodName(p), NodeName(p%max(1, d.Nodes))
+	namespace, pod, node := NamespaceName(d.PodNamespace(p)), d.PodName(p), NodeName(p%max(1, d.Nodes))
 	name := fmt.Sprintf("%s.%016x", pod, hash(fmt.Sprint(i))<<16|uint64(i&0xffff))
 	e := &corev1.Event{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Event"},

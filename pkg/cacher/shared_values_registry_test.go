@@ -192,7 +192,7 @@ func inNamespace(ns string) context.Context {
 }
 
 func key(d seed.Data, i int) string {
-	return seed.NamespaceName(d.PodNamespace(i)) + "/" + seed.PodName(i)
+	return seed.NamespaceName(d.PodNamespace(i)) + "/" + d.PodName(i)
 }
 
 // bind binds pod i to its node and writes its status, as kube-scheduler

@@ -53,7 +53,7 @@ func TestWatchesResumeWhileTheStartHistoryIsRead(t *testing.T) {
 	other := framework.StartAPIServer(t, framework.APIServerOptions{Etcd: etcd, Name: "other-replica", Binary: framework.Bins(t).Upstream, PKI: bulwark.PKI})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go relabelPods(ctx, unthrottledClient(t, other), pods, watchers)
+	go relabelPods(ctx, unthrottledClient(t, other), data)
 
 	for _, run := range []struct {
 		name   string
@@ -131,14 +131,14 @@ func allSynced(ws []*podwatch.Watcher) bool {
 	return true
 }
 
-// relabelPods changes one pod after another through client, as other
-// replicas serve writes while one restarts, until ctx is done.
-func relabelPods(ctx context.Context, client kubernetes.Interface, pods, apps int) {
+// relabelPods changes one of data's pods after another through client, as
+// other replicas serve writes while one restarts, until ctx is done.
+func relabelPods(ctx context.Context, client kubernetes.Interface, data seed.Data) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; ctx.Err() == nil; i++ {
-		j := rng.IntN(pods)
-		patch := fmt.Sprintf(`{"metadata":{"annotations":{"written":"%d"},"labels":{"app":%q}}}`, i, seed.AppName(j%apps))
-		_, _ = client.CoreV1().Pods(historyNamespace).Patch(ctx, seed.PodName(j), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+		j := rng.IntN(data.Pods)
+		patch := fmt.Sprintf(`{"metadata":{"annotations":{"written":"%d"},"labels":{"app":%q}}}`, i, seed.AppName(j%data.Apps))
+		_, _ = client.CoreV1().Pods(historyNamespace).Patch(ctx, data.PodName(j), types.MergePatchType, []byte(patch), metav1.PatchOptions{})
 		select {
 		case <-ctx.Done():
 		case <-time.After(50 * time.Millisecond):

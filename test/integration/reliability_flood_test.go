@@ -197,7 +197,7 @@ func flood(t *testing.T, s *framework.APIServer, token string, pods, nodes int, 
 				var err error
 				switch i := n * 7919 % pods; n % 3 {
 				case 0:
-					_, err = client.CoreV1().Pods(seed.NamespaceName(floodShape.PodNamespace(i))).Get(ctx, seed.PodName(i), metav1.GetOptions{})
+					_, err = client.CoreV1().Pods(seed.NamespaceName(floodShape.PodNamespace(i))).Get(ctx, floodShape.PodName(i), metav1.GetOptions{})
 				case 1:
 					_, err = client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + seed.NodeName(i%nodes)})
 				default:

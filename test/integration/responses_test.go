@@ -61,7 +61,7 @@ func TestResponsesAreUpstreams(t *testing.T) {
 	// The pod every watch below selects, and that a write changes: in
 	// ns-0, app-3, on node-3.
 	const target = 123
-	ns, pod := seed.NamespaceName(data.PodNamespace(target)), seed.PodName(target)
+	ns, pod := seed.NamespaceName(data.PodNamespace(target)), data.PodName(target)
 	paths := []string{
 		"/api/v1/namespaces/" + ns + "/pods/" + pod + "?resourceVersion=0",
 		"/api/v1/namespaces/" + ns + "/pods/" + pod,
