@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,8 +185,23 @@ func errorKind(err error) string {
 	if errors.As(err, &netErr) && netErr.Timeout() {
 		return "network timeout"
 	}
-	return "other"
+	// The error itself, without the request's URL and with its numbers
+	// (stream IDs, ports) as N, so that one kind is one row.
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		err = urlErr.Err
+	}
+	msg := digits.ReplaceAllString(err.Error(), "N")
+	if len(msg) > maxKindLength {
+		msg = msg[:maxKindLength] + "…"
+	}
+	return "other: " + msg
 }
+
+var digits = regexp.MustCompile(`[0-9]+`)
+
+// maxKindLength bounds the text of an error of no known kind.
+const maxKindLength = 120
 
 // ended notes how the last watch ended when the reflector lists again
 // after it; "" when a watch started (the lists that follow a failed list

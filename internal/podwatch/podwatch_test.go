@@ -2,7 +2,9 @@ package podwatch
 
 import (
 	"context"
+	"errors"
 	"maps"
+	"net/url"
 	"testing"
 	"time"
 
@@ -76,6 +78,10 @@ func TestRelistCauses(t *testing.T) {
 	// A watch that lasted, with events, and closed: no cause.
 	watchToEnd(answer{events: []watch.Event{pod}, hold: 10 * time.Millisecond})
 	list()
+	// An error of no known kind: its text, without the URL, numbers as N.
+	watchToEnd(answer{err: &url.Error{Op: "Get", URL: "https://server/api/v1/pods?fieldSelector=spec.nodeName%3Dnode-1",
+		Err: errors.New("http2: stream 31 refused by the server")}})
+	list()
 
 	want := map[string]int64{
 		endVeryShort:                            1,
@@ -83,6 +89,7 @@ func TestRelistCauses(t *testing.T) {
 		"watch refused: 503 ServiceUnavailable": 2,
 		"watch ended with error 500 InternalError": 1,
 		"unknown": 1,
+		"watch refused: other: http2: stream N refused by the server": 1,
 	}
 	if got := RelistCauses([]*Watcher{w}); !maps.Equal(got, want) {
 		t.Errorf("RelistCauses = %v, want %v", got, want)
@@ -90,7 +97,7 @@ func TestRelistCauses(t *testing.T) {
 	if w.Gone() != 1 {
 		t.Errorf("Gone = %d, want 1", w.Gone())
 	}
-	if w.Lists() != 7 {
-		t.Errorf("Lists = %d, want 7", w.Lists())
+	if w.Lists() != 8 {
+		t.Errorf("Lists = %d, want 8", w.Lists())
 	}
 }
