@@ -124,13 +124,13 @@ func restartScenario(ctx context.Context, s *server, p Params) (*measurement, er
 		return nil, fmt.Errorf("graceful stop: %w", err)
 	}
 	stopped := time.Now()
-	err = s.proc.Start()
+	// Its n watchers reconnect while it starts: bounded as their sync is.
+	err = s.proc.StartWithin(watchersTimeout(n))
 	stopOthers()
-	if othersErr := <-othersDone; err == nil {
-		err = othersErr
-	}
-	if err != nil {
-		return nil, err
+	if othersErr := <-othersDone; err != nil {
+		return nil, &incomplete{why: "restarted server not ready", after: time.Since(stopped), detail: err.Error()}
+	} else if othersErr != nil {
+		return nil, othersErr
 	}
 	ready := time.Now()
 	// A watch started after the old process exited is a re-established
@@ -228,7 +228,8 @@ const availableMemoryFloor = 0.1
 // incomplete is a scenario a server could not complete on this machine:
 // a figure of the run, not a failure of the bench.
 type incomplete struct {
-	// why: "timed out", "machine out of memory" or "server exited".
+	// why: "timed out", "machine out of memory", "server exited" or
+	// "restarted server not ready".
 	why    string
 	after  time.Duration
 	detail string
