@@ -186,7 +186,8 @@ func errorKind(err error) string {
 		return "network timeout"
 	}
 	// The error itself, without the request's URL and with its numbers
-	// (stream IDs, ports) as N, so that one kind is one row.
+	// (stream IDs, ports; not those of a name such as http2) as N, so that one
+	// kind is one row.
 	var urlErr *url.Error
 	if errors.As(err, &urlErr) {
 		err = urlErr.Err
@@ -198,7 +199,7 @@ func errorKind(err error) string {
 	return "other: " + msg
 }
 
-var digits = regexp.MustCompile(`[0-9]+`)
+var digits = regexp.MustCompile(`\b[0-9]+\b`)
 
 // maxKindLength bounds the text of an error of no known kind.
 const maxKindLength = 120
