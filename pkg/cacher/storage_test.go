@@ -44,6 +44,12 @@ var testIndexes = Indexes{
 // upstream's example Pods (the type upstream's storage tests use), and
 // returns it once its cache is filled.
 func newPodStorage(t *testing.T, decorate func(generic.StorageDecorator) generic.StorageDecorator) storage.Interface {
+	return newPodStorageOn(t, genericregistry.StorageWithCacher(), decorate)
+}
+
+// newPodStorageOn is newPodStorage with another storage than upstream's
+// StorageWithCacher under decorate.
+func newPodStorageOn(t *testing.T, cached generic.StorageDecorator, decorate func(generic.StorageDecorator) generic.StorageDecorator) storage.Interface {
 	scheme := runtime.NewScheme()
 	metav1.AddToGroupVersion(scheme, metav1.SchemeGroupVersion)
 	utilruntime.Must(example.AddToScheme(scheme))
@@ -56,7 +62,7 @@ func newPodStorage(t *testing.T, decorate func(generic.StorageDecorator) generic
 	config.Codec = codec
 	resourceConfig := config.ForResource(schema.GroupResource{Resource: "pods"})
 	resourceConfig.EventsHistoryWindow = cacherstorage.DefaultEventFreshDuration
-	s, destroy, err := decorate(genericregistry.StorageWithCacher())(resourceConfig, podsPrefix, podKey,
+	s, destroy, err := decorate(cached)(resourceConfig, podsPrefix, podKey,
 		func() runtime.Object { return &example.Pod{} },
 		func() runtime.Object { return &example.PodList{} },
 		examplePodAttrs, nil, nil)

@@ -3,6 +3,7 @@ package cacher
 import (
 	"context"
 	"errors"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -87,7 +88,8 @@ func (s *listedStorage) Watch(ctx context.Context, key string, opts storage.List
 	if s.ReadinessCheck() != nil {
 		return s.Interface.Watch(ctx, key, opts)
 	}
-	listOpts := storage.ListOptions{ResourceVersion: opts.ResourceVersion, Predicate: opts.Predicate, Recursive: opts.Recursive}
+	listOpts := storage.ListOptions{ResourceVersion: opts.ResourceVersion, ResourceVersionMatch: metav1.ResourceVersionMatchNotOlderThan,
+		Predicate: opts.Predicate, Recursive: opts.Recursive}
 	if selection == "namespace" {
 		// A namespace is listed in pages. What an index selects (a node's
 		// pods) is listed at once: with a limit, 10,000 kubelets' streaming
@@ -95,11 +97,26 @@ func (s *listedStorage) Watch(ctx context.Context, key string, opts storage.List
 		// 5.4 GiB (the bench's restart scenario; why, not established).
 		listOpts.Predicate.Limit = initialEventsPage
 	}
-	if opts.ResourceVersion != "" {
-		// "" is the latest (a consistent read), as for the watch.
-		listOpts.ResourceVersionMatch = metav1.ResourceVersionMatchNotOlderThan
+	if opts.ResourceVersion == "" {
+		// The latest, read as the watch cache reads it for its own
+		// streaming lists: etcd's current revision, then the cache once it
+		// has reached it, or the watch ends with the cache's error, which
+		// client-go's reflectors retry after a backoff. Not a consistent
+		// LIST: when the cache is not there within 3 s, that reads etcd
+		// instead, the whole resource whatever the selector (the bench's
+		// restart scenario at 200,000 pods: 45 kubelets' streaming lists
+		// became reads of every pod from etcd, each past a minute, and the
+		// apiserver past 11 GiB).
+		rv, err := s.GetCurrentResourceVersion(ctx)
+		if err != nil {
+			return nil, err
+		}
+		listOpts.ResourceVersion = strconv.FormatUint(rv, 10)
 	}
 	first, listRV, continueToken, err := s.listPage(ctx, key, listOpts)
+	if storage.IsTooLargeResourceVersion(err) {
+		return endedWatch(errorStatus(err)), nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -154,6 +171,25 @@ func (s *listedStorage) listPage(ctx context.Context, key string, opts storage.L
 		return nil, "", "", err
 	}
 	return items, listMeta.GetResourceVersion(), listMeta.GetContinue(), nil
+}
+
+// endedWatch is a watch that sends one error and ends, as the watch cache
+// answers a streaming list it cannot serve.
+func endedWatch(status *metav1.Status) watch.Interface {
+	events := make(chan watch.Event, 1)
+	events <- watch.Event{Type: watch.Error, Object: status}
+	close(events)
+	return watch.NewProxyWatcher(events)
+}
+
+// errorStatus is the Status a watch ends with for err.
+func errorStatus(err error) *metav1.Status {
+	var apiStatus apierrors.APIStatus
+	if errors.As(err, &apiStatus) {
+		status := apiStatus.Status()
+		return &status
+	}
+	return &apierrors.NewInternalError(err).ErrStatus
 }
 
 // initialEventsEnd is the bookmark that ends a streaming list's initial
@@ -215,12 +251,7 @@ func (w *streamingList) run(initial []runtime.Object, nextPage func() ([]runtime
 			// A page the cache no longer has a snapshot for and etcd
 			// compacted (410): the watch ends with the error, as the
 			// watch cache's end, and the client lists again.
-			status := apierrors.NewInternalError(err).ErrStatus
-			var apiStatus apierrors.APIStatus
-			if errors.As(err, &apiStatus) {
-				status = apiStatus.Status()
-			}
-			send(watch.Event{Type: watch.Error, Object: &status})
+			send(watch.Event{Type: watch.Error, Object: errorStatus(err)})
 			return
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,10 +12,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/apiserver/pkg/apis/example"
 	"k8s.io/apiserver/pkg/registry/generic"
 	"k8s.io/apiserver/pkg/storage"
+	cacherstorage "k8s.io/apiserver/pkg/storage/cacher"
+	"k8s.io/apiserver/pkg/storage/storagebackend"
+	"k8s.io/apiserver/pkg/storage/storagebackend/factory"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 )
 
@@ -151,6 +157,123 @@ func testStreamingLists(t *testing.T, s storage.Interface, indexes bool) {
 				t.Errorf("events after the initial ones\n got %v\nwant %v", got, want)
 			}
 		})
+	}
+}
+
+// TestStreamingListsOfALaggingCache: when the watch cache does not reach
+// etcd's current revision in time, a streaming list served by LISTs ends
+// with the cache's error, as the watch cache's own streaming list does
+// (client-go's reflectors retry it after a backoff), and never reads etcd.
+// A consistent LIST would read etcd instead, the whole resource whatever
+// the selector: what a restart's thousands of kubelets must not cause.
+func TestStreamingListsOfALaggingCache(t *testing.T) {
+	RegisterMetrics()
+	etcd := &etcdAhead{}
+	s := newPodStorageOn(t, etcd.cached(), func(d generic.StorageDecorator) generic.StorageDecorator {
+		return StreamingLists(testIndexes.Decorate(d))
+	})
+	cache := s.(*listedStorage).Interface
+	ctx := context.Background()
+	for i := range 4 {
+		pod := &example.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns-0", Name: fmt.Sprintf("pod-%d", i), Labels: map[string]string{"app": "a0"}}}
+		key, _ := podKey(pod)
+		if err := s.Create(ctx, key, pod, &example.Pod{}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcd.ahead.Store(true)
+	for _, tt := range []struct{ name, key, label string }{
+		{name: "index", key: "/pods/", label: "app=a0"},
+		{name: "namespace", key: "/pods/ns-0"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			opts := storage.ListOptions{
+				SendInitialEvents: ptr.To(true), Recursive: true,
+				Predicate: storage.SelectionPredicate{
+					Label: labels.Everything(), Field: fields.Everything(),
+					GetAttrs: examplePodAttrs, AllowWatchBookmarks: true,
+				},
+			}
+			if tt.label != "" {
+				opts.Predicate.Label = labels.SelectorFromSet(labels.Set{"app": "a0"})
+			}
+			ended := func(w watch.Interface, err error) *metav1.Status {
+				t.Helper()
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer w.Stop()
+				e, ok := <-w.ResultChan()
+				if !ok || e.Type != watch.Error {
+					t.Fatalf("got %v %v, want an error event", e.Type, e.Object)
+				}
+				if _, open := <-w.ResultChan(); open {
+					t.Fatal("the watch goes on after its error")
+				}
+				return e.Object.(*metav1.Status)
+			}
+			ours := ended(s.Watch(ctx, tt.key, opts))
+			theirs := ended(cache.Watch(ctx, tt.key, opts))
+			if ours.Code != theirs.Code || ours.Reason != theirs.Reason {
+				t.Errorf("ours ended with %d %s (%s), the watch cache's with %d %s (%s)",
+					ours.Code, ours.Reason, ours.Message, theirs.Code, theirs.Reason, theirs.Message)
+			}
+		})
+	}
+	t.Cleanup(func() {
+		if n := etcd.lists.Load(); n != 0 {
+			t.Errorf("%d LISTs read etcd", n)
+		}
+	})
+}
+
+// etcdAhead is etcd storage whose current revision, once ahead is set,
+// is ahead of any the watch cache can reach, and which then counts the
+// LISTs that read it.
+type etcdAhead struct {
+	storage.Interface
+	ahead atomic.Bool
+	lists atomic.Int64
+}
+
+func (e *etcdAhead) GetCurrentResourceVersion(ctx context.Context) (uint64, error) {
+	rv, err := e.Interface.GetCurrentResourceVersion(ctx)
+	if e.ahead.Load() {
+		rv += 1000
+	}
+	return rv, err
+}
+
+func (e *etcdAhead) GetList(ctx context.Context, key string, opts storage.ListOptions, listObj runtime.Object) error {
+	if e.ahead.Load() {
+		e.lists.Add(1)
+	}
+	return e.Interface.GetList(ctx, key, opts, listObj)
+}
+
+// cached is upstream's StorageWithCacher with e over etcd's storage.
+func (e *etcdAhead) cached() generic.StorageDecorator {
+	return func(config *storagebackend.ConfigForResource, prefix string, keyFunc func(obj runtime.Object) (string, error),
+		newFunc, newListFunc func() runtime.Object, getAttrs storage.AttrFunc, triggers storage.IndexerFuncs, indexers *cache.Indexers,
+	) (storage.Interface, factory.DestroyFunc, error) {
+		raw, destroyRaw, err := generic.NewRawStorage(config, newFunc, newListFunc, prefix)
+		if err != nil {
+			return nil, nil, err
+		}
+		e.Interface = raw
+		c, err := cacherstorage.NewCacherFromConfig(cacherstorage.Config{
+			Storage: e, Versioner: storage.APIObjectVersioner{}, GroupResource: config.GroupResource,
+			EventsHistoryWindow: config.EventsHistoryWindow, ResourcePrefix: prefix, KeyFunc: keyFunc,
+			NewFunc: newFunc, NewListFunc: newListFunc, GetAttrsFunc: getAttrs, IndexerFuncs: triggers,
+			Indexers: indexers, Codec: config.Codec,
+		})
+		if err != nil {
+			destroyRaw()
+			return nil, nil, err
+		}
+		delegator := cacherstorage.NewCacheDelegator(c, e)
+		return delegator, func() { delegator.Stop(); c.Stop(); destroyRaw() }, nil
 	}
 }
 
