@@ -196,7 +196,10 @@ func TestStreamingListsOfALaggingCache(t *testing.T) {
 				},
 			}
 			if tt.label != "" {
-				opts.Predicate.Label = labels.SelectorFromSet(labels.Set{"app": "a0"})
+				var err error
+				if opts.Predicate.Label, err = labels.Parse(tt.label); err != nil {
+					t.Fatal(err)
+				}
 			}
 			ended := func(w watch.Interface, err error) *metav1.Status {
 				t.Helper()
